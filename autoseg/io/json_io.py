@@ -1,0 +1,105 @@
+"""Readable JSON artefacts: dataclasses to indented JSON and back, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+
+T = TypeVar("T")
+
+
+def _default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(obj: Any, path: Path | str) -> None:
+    """Indented JSON (dataclasses and numpy scalars allowed), written atomically."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    text = json.dumps(obj, indent=2, default=_default, allow_nan=True)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def load_json(path: Path | str) -> Any:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise AutosegError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise AutosegError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete it") from None
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(non_none[0], value) if len(non_none) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return dataclass_from_dict(tp, value)
+    if origin in (list, tuple) and args:
+        return [_convert(args[0], v) for v in value]
+    if origin is dict and len(args) == 2:
+        return {k: _convert(args[1], v) for k, v in value.items()}
+    return value
+
+
+def dataclass_from_dict(cls: type[T], data: dict) -> T:
+    """Build dataclass ``cls`` from a dict made by :func:`dataclasses.asdict` (nested ok).
+
+    Unknown keys are ignored so older readers accept newer files; missing keys with
+    defaults take their default.
+    """
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def load_dataclass(cls: type[T], path: Path | str) -> T:
+    data = load_json(path)
+    try:
+        return dataclass_from_dict(cls, data)
+    except TypeError as e:
+        raise AutosegError(f"{path}: missing or wrong fields for {cls.__name__} ({e}); re-create it") from None

@@ -1,0 +1,113 @@
+"""The plans artefact (``plans.json``): typed here, indented JSON on disk.
+
+Axis order: every per-axis list in a :class:`ConfigurationPlan` is in the *transposed*
+order (``Plans.transpose_forward`` applied to (Z, Y, X)), i.e. the order the network sees.
+For 2D configurations the lists have two entries (the in-plane axes) and slices are taken
+along the first transposed axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoseg.io.json_io import load_dataclass, save_json
+
+
+@dataclass
+class NetworkTopology:
+    """A U-Net's shape, derived by the planner (nnU-Net's ``get_pool_and_conv_props``).
+
+    ``strides[0]`` is all ones (the first stage does not downsample); ``strides[i]`` is the
+    downsampling into stage ``i``. ``features_per_stage[i] = min(32 * 2**i, max_features)``.
+    """
+
+    n_stages: int
+    features_per_stage: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    n_conv_per_stage_encoder: list[int]
+    n_conv_per_stage_decoder: list[int]
+
+    @property
+    def dim(self) -> int:
+        return len(self.kernel_sizes[0])
+
+    @property
+    def pool_per_axis(self) -> list[int]:
+        return [sum(1 for s in self.strides if s[a] == 2) for a in range(self.dim)]
+
+
+@dataclass
+class ChannelNormalization:
+    """How one input channel is normalised.
+
+    ``scheme``: ``ct`` (clip to the dataset's foreground 0.5/99.5 percentiles, then z-score
+    with the foreground mean/std), ``zscore`` (per image, within the nonzero mask),
+    ``window`` (clip to ``[lower, upper]`` and scale to [0, 1], e.g. -200..200 HU as in the
+    V-Net report) or ``rescale`` (grey levels 0..255 to [0, 1]).
+    """
+
+    scheme: str
+    mean: float = 0.0
+    std: float = 1.0
+    lower: float = 0.0
+    upper: float = 0.0
+
+
+@dataclass
+class ResamplingSettings:
+    """Image order in-plane / along the out-of-plane axis when anisotropic, and the threshold."""
+
+    order_data: int = 3
+    order_data_z: int = 0
+    order_seg: int = 1
+    order_seg_z: int = 0
+    anisotropy_threshold: float = 3.0
+
+
+@dataclass
+class ConfigurationPlan:
+    name: str
+    data_identifier: str
+    spacing_mm: list[float]
+    patch_size: list[int]
+    median_shape_vox: list[int]
+    batch_size: int
+    batch_dice: bool
+    topology: NetworkTopology
+    normalization: list[ChannelNormalization]
+    resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
+    estimated_vram_gb: float = 0.0
+    previous_stage: str | None = None  # cascade: the configuration whose predictions feed this one
+    next_stage: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return len(self.patch_size)
+
+
+@dataclass
+class Plans:
+    dataset_name: str
+    plans_name: str
+    gpu_memory_gb: float
+    transpose_forward: list[int]
+    transpose_backward: list[int]
+    original_median_spacing_mm: list[float]
+    original_median_shape_vox: list[int]
+    num_input_channels: int
+    labels: dict[str, int]
+    configurations: dict[str, ConfigurationPlan]
+    memory_model: str = ""
+
+    def save(self, path: Path | str) -> None:
+        save_json(self, path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Plans":
+        return load_dataclass(cls, path)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)

@@ -1,0 +1,1 @@
+"""Preprocessing: crop to nonzero, normalise, resample to the planned spacing, store per case."""

@@ -1,0 +1,146 @@
+"""The ``autoseg`` command line: one subcommand per pipeline step.
+
+Every subcommand's work lives in its stage's package; this module only parses arguments
+and turns :class:`~autoseg.errors.AutosegError` into one line on stderr and exit code 1.
+Heavy modules are imported when a command runs, so ``autoseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from autoseg import __version__
+from autoseg.errors import AutosegError
+
+Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _add_dataset(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("-d", "--dataset", required=required, default=None,
+                   help="dataset: name (Liver), DatasetNNN_Name, id (3) or path; optional when only one exists")
+
+
+# --- synthetic -------------------------------------------------------------------------
+def _cfg_synthetic(p):
+    _add_dataset(p)
+    p.add_argument("-n", "--num-cases", type=int, default=20, help="training cases (default 20)")
+    p.add_argument("--num-test", type=int, default=0, help="held-out test cases with labels (imagesTs/labelsTs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="case size preset")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="exact case shape (overrides --size)")
+
+
+def _run_synthetic(a):
+    from autoseg import paths
+    from autoseg.datasets.synthetic import generate_dataset
+    name = paths.new_dataset_name(a.dataset or "Liver")
+    out = paths.raw_dataset_dir(name)
+    generate_dataset(out, a.num_cases, a.num_test, seed=a.seed, shape_zyx=tuple(a.shape) if a.shape else None,
+                     size=a.size, name=name.split("_", 1)[1])
+    print(f"wrote {a.num_cases} training + {a.num_test} test cases to {out}")
+    return 0
+
+
+# --- convert ---------------------------------------------------------------------------
+def _cfg_convert(p):
+    p.add_argument("kind", choices=["msd", "lits", "png"], help="source layout")
+    p.add_argument("source", help="source folder")
+    p.add_argument("-d", "--dataset", default="Liver", help="name of the new dataset (default Liver)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="png only: voxel spacing in mm")
+
+
+def _run_convert(a):
+    from pathlib import Path
+
+    from autoseg import paths
+    from autoseg.datasets import converters as conv
+    name = paths.new_dataset_name(a.dataset)
+    out = paths.raw_dataset_dir(name)
+    src = Path(a.source).expanduser()
+    if a.kind == "png":
+        if not a.spacing:
+            raise AutosegError("convert png: --spacing X Y Z (mm) is required; PNG files carry no spacing")
+        info = conv.convert_png(src, out, tuple(a.spacing))
+    elif a.kind == "msd":
+        info = conv.convert_msd(src, out)
+    else:
+        info = conv.convert_lits(src, out)
+    print(f"wrote {info.numTraining} cases to {out}")
+    return 0
+
+
+# --- plan_and_preprocess ---------------------------------------------------------------
+def _cfg_plan(p):
+    _add_dataset(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
+                   help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres)")
+    p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB that sizes patch and batch (default 8)")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--verify", action="store_true", help="only check the dataset's integrity; write nothing")
+    p.add_argument("--clean", action="store_true", help="redo cases already preprocessed")
+    p.add_argument("--normalization", default=None,
+                   help="override the intensity normalisation: ct, zscore or window:LO,HI (e.g. window:-200,200)")
+
+
+def _run_plan(a):
+    from autoseg.preprocessing.run import plan_and_preprocess
+    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization)
+    return 0
+
+
+COMMANDS: list[Command] = [
+    ("synthetic", "write a synthetic abdominal-CT liver dataset", "autoseg synthetic -d Liver -n 20 --seed 0", _cfg_synthetic, _run_synthetic),
+    ("convert", "convert an MSD / LiTS / PNG-slice dataset to the raw layout", "autoseg convert msd ~/Task03_Liver -d Liver", _cfg_convert, _run_convert),
+    ("plan_and_preprocess", "check the dataset, fingerprint it, plan configurations, preprocess",
+     "autoseg plan_and_preprocess -d Liver -c 3d_fullres", _cfg_plan, _run_plan),
+]
+
+
+def _extra_commands() -> list[Command]:
+    """Commands of the later stages (each module owns its arguments)."""
+    out: list[Command] = []
+    try:
+        from autoseg.cli_stages import stage_commands
+        out += stage_commands()
+    except ImportError:
+        pass
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoseg", description="Self-configuring 3D medical image segmentation.",
+                                     epilog="Run 'autoseg <command> --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, help_, example, cfg, run in COMMANDS + _extra_commands():
+        p = sub.add_parser(name, help=f"{help_}  (e.g. {example})", description=f"{help_}.\n\nexample:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        cfg(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except AutosegError as e:
+        for line in str(e).splitlines():
+            print(f"autoseg {args.command}: error: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"autoseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

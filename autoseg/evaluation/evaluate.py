@@ -1,0 +1,231 @@
+"""Evaluate a folder of predicted label maps against a folder of reference label maps.
+
+Files are matched by case id: the file name without its ending (``.nii.gz``, ``.nii``,
+``.nrrd``, ``.mha``), so ``ref/liver_7.nii.gz`` pairs with ``pred/liver_7.nrrd``.
+
+Which cases are evaluated: every prediction (nnU-Net's convention, so a fold's validation
+folder can be evaluated against the full ``labelsTr``), or exactly ``case_ids`` when given.
+A prediction without a reference, or a requested case without a prediction, is an error;
+reference cases that simply have no prediction are listed under ``missing_predictions`` in
+the summary so a half-finished prediction run is visible.
+
+Outputs: ``summary.json`` (per-case and mean metrics, see :func:`evaluate_folders`) and a
+per-case CSV whose first columns are the ones a reader scans first (``dice_all`` = Dice of
+all foreground labels together, then Dice/precision/recall per label).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.errors import AutosegError
+from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
+                                        region_key)
+from autoseg.io.images import read_image
+from autoseg.io.json_io import atomic_write_bytes, load_json, save_json
+
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+DEFAULT_LABEL_NAMES = {1: "liver", 2: "tumor"}
+CSV_FIRST_METRICS = ("Dice", "precision", "recall")
+CSV_OTHER_METRICS = ("IoU", "HD95_mm", "ASSD_mm", "RVD", "VOE")
+CSV_LESION_METRICS = ("lesion_precision", "lesion_recall", "lesion_F1", "lesion_n_ref", "lesion_n_pred",
+                      "lesion_fp", "lesion_fn")
+
+
+def strip_suffix(name: str) -> str | None:
+    """Case id of a label file name, or None when the ending is not a label format."""
+    lower = name.lower()
+    for suffix in LABEL_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def list_label_files(folder: Path | str) -> dict[str, Path]:
+    """``{case_id: path}`` of the label files in ``folder`` (hidden files skipped).
+
+    Two files for one case id (``a.nii.gz`` and ``a.nrrd``) are refused: which one is meant?
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AutosegError(f"{folder}: folder not found; pass a folder of label files ({', '.join(LABEL_SUFFIXES)})")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        case = strip_suffix(path.name)
+        if case is None or path.name.startswith(".") or not path.is_file():
+            continue
+        if case in found:
+            raise AutosegError(f"{path}: case '{case}' also has {found[case].name}; keep one file per case")
+        found[case] = path
+    return found
+
+
+def label_names_from_dataset_json(path: Path | str | None) -> dict[int, str]:
+    """``{label_value: name}`` of the foreground labels in a dataset.json (default liver/tumor)."""
+    if path is None:
+        return dict(DEFAULT_LABEL_NAMES)
+    data = load_json(path)
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict):
+        raise AutosegError(f"{path}: no 'labels' mapping; expected {{\"background\": 0, \"liver\": 1, ...}}")
+    names = {}
+    for name, value in labels.items():
+        if isinstance(value, (int, float)) and int(value) != 0:
+            names[int(value)] = str(name)
+    return names
+
+
+def tumor_label_of(label_names: dict[int, str]) -> int | None:
+    """The label whose name says tumour/lesion (lesion-wise detection is computed for it)."""
+    for value, name in sorted(label_names.items()):
+        if any(word in name.lower() for word in ("tumor", "tumour", "lesion", "cancer", "metasta")):
+            return value
+    return None
+
+
+def region_name(region: Region, label_names: dict[int, str], all_labels: Sequence[int]) -> str:
+    """Readable name: ``liver``; ``all`` for every foreground label together; ``liver+tumor``."""
+    if len(region) > 1 and set(region) == set(all_labels):
+        return "all"
+    return "+".join(label_names.get(v, f"label{v}") for v in region)
+
+
+def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
+                  surface_distances_mm: bool = True) -> dict:
+    """Metrics of one case; refuses a prediction whose grid differs from the reference."""
+    ref, ref_geom = read_image(ref_path, dtype=np.int16)
+    pred, pred_geom = read_image(pred_path, dtype=np.int16)
+    if (diff := ref_geom.matches(pred_geom)) is not None:
+        raise AutosegError(f"{pred_path}: grid differs from reference {ref_path.name} ({diff}); "
+                           f"predict on the reference's grid (resample the prediction back)")
+    metrics = compute_case_metrics(ref, pred, ref_geom.spacing_zyx, regions, tumor_label, surface_distances_mm)
+    return {"case": strip_suffix(ref_path.name), "reference_file": str(ref_path),
+            "prediction_file": str(pred_path), "metrics": metrics}
+
+
+def _evaluate_case_star(args: tuple) -> dict:
+    return evaluate_case(*args)
+
+
+def match_cases(ref_files: dict[str, Path], pred_files: dict[str, Path], pred_dir: Path,
+                case_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(cases to evaluate, reference cases without prediction); errors for unmatched files."""
+    if case_ids is not None:
+        missing = [c for c in case_ids if c not in pred_files]
+        if missing:
+            raise AutosegError(f"{pred_dir}: no prediction for {len(missing)} case(s) ({', '.join(missing[:5])}"
+                               f"{', ...' if len(missing) > 5 else ''}); predict them first")
+        cases = list(case_ids)
+    else:
+        cases = sorted(pred_files)
+        if not cases:
+            raise AutosegError(f"{pred_dir}: no prediction files ({', '.join(LABEL_SUFFIXES)}) found; check the folder")
+    no_ref = [c for c in cases if c not in ref_files]
+    if no_ref:
+        raise AutosegError(f"{pred_files.get(no_ref[0], pred_dir / no_ref[0])}: no reference file for case "
+                           f"'{no_ref[0]}' in the reference folder; add it or remove the prediction")
+    missing_predictions = sorted(c for c in ref_files if c not in pred_files)
+    return cases, missing_predictions
+
+
+def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int] | None = None,
+                     regions: Sequence[Sequence[int]] | None = None, out_json: Path | str | None = None,
+                     out_csv: Path | str | None = None, num_workers: int = 1, *,
+                     dataset_json: Path | str | None = None, label_names: dict[int, str] | None = None,
+                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True) -> dict:
+    """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; write and return the summary.
+
+    ``labels`` default to the foreground labels of ``dataset_json`` (or liver=1, tumor=2);
+    ``regions`` default to all labels together (``dice_all``) when there are several.
+    ``out_json`` defaults to ``pred_dir/summary.json``; ``out_csv`` to the same name with
+    ``.csv``. Returned/written summary::
+
+        {"metric_per_case": [{"case", "reference_file", "prediction_file",
+                              "metrics": {"1": {"Dice": ..}, "2": {..}, "1+2": {..}}}],
+         "mean": {"1": {"Dice": ..}, ...},          # NaN-skipping mean over cases
+         "foreground_mean": {"Dice": ..},           # mean over the single labels' means
+         "label_names": {"1": "liver", "2": "tumor", "1+2": "all"},
+         "num_cases": n, "missing_predictions": [...]}
+    """
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    names = dict(label_names) if label_names is not None else label_names_from_dataset_json(dataset_json)
+    labels = sorted(int(v) for v in (labels if labels is not None else names))
+    if not labels:
+        raise AutosegError(f"{dataset_json or 'labels'}: no foreground labels to evaluate; pass -l 1 2")
+    if regions is None:
+        regions = [tuple(labels)] if len(labels) > 1 else []
+    all_regions = [as_region(v) for v in labels] + [as_region(r) for r in regions]
+    tumor_label = tumor_label_of(names)
+    tumor_label = tumor_label if tumor_label in labels else None
+
+    ref_files, pred_files = list_label_files(ref_dir), list_label_files(pred_dir)
+    cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
+    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm) for c in cases]
+    progress = dict(total=len(jobs), desc="evaluate", unit="case")
+    if num_workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            per_case = list(tqdm(pool.map(_evaluate_case_star, jobs), **progress))
+    else:
+        per_case = [evaluate_case(*job) for job in tqdm(jobs, **progress)]
+
+    means = mean_metrics([c["metrics"] for c in per_case])
+    label_keys = [region_key(v) for v in labels]
+    foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in means[label_keys[0]]}
+    summary = {
+        "metric_per_case": per_case, "mean": means, "foreground_mean": foreground_mean,
+        "label_names": {region_key(r): region_name(r, names, labels) for r in all_regions},
+        "num_cases": len(per_case), "missing_predictions": missing_predictions,
+    }
+    out_json = Path(out_json) if out_json is not None else pred_dir / "summary.json"
+    save_json(summary, out_json)
+    write_metrics_csv(summary, Path(out_csv) if out_csv is not None else out_json.with_suffix(".csv"))
+    return summary
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def csv_columns(summary: dict) -> list[tuple[str, str, str]]:
+    """``(column, region_key, metric)`` in report order: dice_all, per-label Dice/precision/recall, the rest."""
+    names: dict[str, str] = summary["label_names"]
+    singles = [k for k in names if "+" not in k]
+    groups = [k for k in names if "+" in k]
+    cols = [(f"dice_{names[k]}", k, "Dice") for k in groups if names[k] == "all"]
+    for k in singles:
+        cols += [(f"{m.lower()}_{names[k]}", k, m) for m in CSV_FIRST_METRICS]
+    for k in groups:
+        first = ("precision", "recall") if names[k] == "all" else CSV_FIRST_METRICS
+        cols += [(f"{m.lower()}_{names[k]}", k, m) for m in first]
+    available = summary["mean"]
+    for k in singles + groups:
+        cols += [(f"{m.lower()}_{names[k]}", k, m) for m in CSV_OTHER_METRICS if m in available[k]]
+        cols += [(m.lower(), k, m) for m in CSV_LESION_METRICS if m in available[k]]
+    return cols
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return format(float(value), ".6g")
+
+
+def write_metrics_csv(summary: dict, path: Path) -> None:
+    """One row per case plus a final ``mean`` row (NaN-skipping), written atomically."""
+    cols = csv_columns(summary)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case"] + [c[0] for c in cols])
+    for case in summary["metric_per_case"]:
+        writer.writerow([case["case"]] + [_fmt(case["metrics"][k][m]) for _, k, m in cols])
+    writer.writerow(["mean"] + [_fmt(summary["mean"][k][m]) for _, k, m in cols])
+    atomic_write_bytes(path, buf.getvalue().encode())

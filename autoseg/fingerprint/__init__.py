@@ -1,0 +1,1 @@
+"""Dataset fingerprint: per-case geometry and foreground intensity statistics."""

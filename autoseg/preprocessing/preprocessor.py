@@ -1,0 +1,69 @@
+"""Preprocess one case: crop to nonzero -> transpose -> normalise -> resample to the plan's spacing.
+
+The same function serves training (with a label) and inference (without); everything
+needed to undo it is returned in :class:`CaseProperties`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autoseg.fingerprint.cropping import crop, nonzero_bbox
+from autoseg.io.images import Geometry
+from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.preprocessing.case_store import CaseProperties
+from autoseg.preprocessing.normalization import normalize
+from autoseg.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation
+
+MAX_LOCATIONS_PER_CLASS = 10_000
+
+
+def target_spacing(plans: Plans, config: ConfigurationPlan, spacing_zyx: list[float]) -> list[float]:
+    """Target spacing in transposed order; 2D configurations keep the slice axis' own spacing."""
+    sp_t = [spacing_zyx[i] for i in plans.transpose_forward]
+    if config.dim == 2:
+        return [sp_t[0]] + list(config.spacing_mm)
+    return list(config.spacing_mm)
+
+
+def class_locations(seg: np.ndarray, labels: list[int], seed: int, n_max: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, list[list[int]]]:
+    """Up to ``n_max`` random voxel coordinates ``[0, *spatial]`` per foreground label present."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[list[int]]] = {}
+    for lab in labels:
+        idx = np.argwhere(seg[0] == lab)
+        if len(idx) == 0:
+            continue
+        if len(idx) > n_max:
+            idx = idx[np.sort(rng.choice(len(idx), n_max, replace=False))]
+        out[str(lab)] = np.concatenate([np.zeros((len(idx), 1), int), idx], 1).tolist()
+    return out
+
+
+def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry, plans: Plans, config: ConfigurationPlan,
+                    case_id: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+    """``data`` (C, Z, Y, X) in original units; ``seg`` (1, Z, Y, X) or None.
+
+    Returns float32 data and int8 seg in the plan's transposed, resampled grid.
+    """
+    bbox = nonzero_bbox(data)
+    data = crop(data, bbox)
+    shape_crop = list(data.shape[1:])
+    tf = [0] + [1 + a for a in plans.transpose_forward]
+    data = normalize(np.transpose(data, tf), config.normalization)
+    spacing_t = [geometry.spacing_zyx[i] for i in plans.transpose_forward]
+    new_sp = target_spacing(plans, config, geometry.spacing_zyx)
+    new_shape = compute_new_shape(data.shape[1:], spacing_t, new_sp)
+    r = config.resampling
+    data = resample_image(data, new_shape, spacing_t, new_sp, r.order_data, r.order_data_z, r.anisotropy_threshold)
+    seg_out = None
+    locs: dict[str, list[list[int]]] = {}
+    if seg is not None:
+        seg_t = np.transpose(crop(seg, bbox), tf)
+        seg_out = resample_segmentation(seg_t, new_shape, spacing_t, new_sp, r.order_seg, r.order_seg_z, r.anisotropy_threshold)
+        labels = [v for v in plans.labels.values() if v != 0]
+        locs = class_locations(seg_out, labels, seed)
+    props = CaseProperties(case_id=case_id, original_geometry=geometry, bbox_zyx=bbox, shape_after_crop_zyx=shape_crop,
+                           spacing_after_resampling=[float(s) for s in new_sp], shape_after_resampling=list(new_shape),
+                           class_locations=locs)
+    return data, seg_out, props

@@ -1,0 +1,132 @@
+"""``autoseg plan_and_preprocess``: check + fingerprint, plan, preprocess every configuration.
+
+Writes into ``<preprocessed>/<Dataset>/``: ``dataset.json`` (copy), ``dataset_fingerprint.json``,
+``plans.json`` and one folder per data identifier with the cases (see
+:mod:`autoseg.preprocessing.case_store`) and ``configuration.json`` (the plan the cases were
+made with: when it changes, the folder's cases are redone). Each raw case is read once and
+preprocessed for every requested configuration. Finished cases are skipped on re-runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg import paths
+from autoseg.datasets.layout import CaseFiles, list_cases, load_dataset_info, save_dataset_info
+from autoseg.errors import AutosegError
+from autoseg.fingerprint.fingerprint import extract_fingerprint
+from autoseg.io.images import read_case, read_image
+from autoseg.io.json_io import load_json, save_json
+from autoseg.planners.planner import plan_experiment
+from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.preprocessing.case_store import is_case_done, save_case
+from autoseg.preprocessing.preprocessor import preprocess_case
+
+log = logging.getLogger("autoseg")
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
+
+def _data_folders(plans: Plans, configurations: Sequence[str]) -> dict[str, ConfigurationPlan]:
+    """data_identifier -> plan, for the requested configurations that were planned."""
+    out: dict[str, ConfigurationPlan] = {}
+    for name in configurations:
+        c = plans.configurations.get(name)
+        if c is not None:
+            out.setdefault(c.data_identifier, c)
+    return out
+
+
+def _preprocess_one(job: tuple[CaseFiles, Plans, list[tuple[Path, ConfigurationPlan]], int]) -> str | None:
+    case, plans, targets, seed = job
+    import torch
+    torch.set_num_threads(1)
+    try:
+        data, geom = read_case(case.images)
+        seg = read_image(case.label, dtype=np.float32)[0][None].astype(np.int8) if case.label else None
+        for folder, config in targets:
+            d, s, props = preprocess_case(data, seg, geom, plans, config, case.case_id, seed)
+            save_case(folder, d, s, props)
+    except AutosegError as e:
+        return str(e)
+    return None
+
+
+def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configurations: Sequence[str],
+                       num_processes: int = 1, clean: bool = False) -> None:
+    base = paths.preprocessed_dataset_dir(name)
+    folders = _data_folders(plans, configurations)
+    for ident, config in folders.items():
+        folder = base / ident
+        stamp = folder / "configuration.json"
+        stale = stamp.is_file() and load_json(stamp) != load_json_roundtrip(config)
+        if (clean or stale) and folder.is_dir():
+            if stale:
+                log.warning("plan of %s changed since its cases were made: redoing them", ident)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_json(config, stamp)
+    jobs = []
+    for i, case in enumerate(cases):
+        todo = [(base / ident, c) for ident, c in folders.items() if not is_case_done(base / ident, case.case_id)]
+        if todo:
+            jobs.append((case, plans, todo, 1000 + i))
+    skipped = len(cases) - len(jobs)
+    desc = f"preprocess {','.join(folders)}" + (f" ({skipped} done)" if skipped else "")
+    errors = []
+    with tqdm(total=len(jobs), desc=desc, unit="case") as bar:
+        if num_processes <= 1:
+            for j in jobs:
+                if (err := _preprocess_one(j)) is not None:
+                    errors.append(err)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=num_processes) as ex:
+                for err in ex.map(_preprocess_one, jobs):
+                    if err is not None:
+                        errors.append(err)
+                    bar.update()
+    if errors:
+        raise AutosegError("\n".join(errors))
+
+
+def load_json_roundtrip(obj) -> dict:
+    """``obj`` as it would read back from JSON (to compare with a stored file)."""
+    import json
+    return json.loads(json.dumps(asdict(obj)))
+
+
+def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS, gpu_memory_gb: float = 8.0,
+                        num_processes: int = 1, verify_only: bool = False, clean: bool = False,
+                        normalization: str | None = None) -> Plans:
+    """Run the whole first stage; returns the plans. Nothing is written if the dataset check fails."""
+    name = paths.resolve_dataset(dataset, search_preprocessed=False)
+    raw = paths.raw_dataset_dir(name)
+    info = load_dataset_info(raw)
+    cases = list_cases(raw, info)
+    unknown = [c for c in configurations if c not in DEFAULT_CONFIGURATIONS]
+    if unknown:
+        raise AutosegError(f"unknown configuration(s) {unknown}; choose from {list(DEFAULT_CONFIGURATIONS)}")
+    fp = extract_fingerprint(name, info, cases, num_processes)
+    if verify_only:
+        print(f"{name}: {len(cases)} cases passed the integrity check")
+        return plan_experiment(info, fp, gpu_memory_gb, configurations, normalization)
+    plans = plan_experiment(info, fp, gpu_memory_gb, DEFAULT_CONFIGURATIONS, normalization)
+    out = paths.preprocessed_dataset_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    save_dataset_info(info, out)
+    fp.save(out / "dataset_fingerprint.json")
+    plans.save(out / "plans.json")
+    preprocess_dataset(name, plans, cases, list(configurations), num_processes, clean)
+    for cname, c in plans.configurations.items():
+        print(f"{cname:>20}: spacing {np.round(c.spacing_mm, 3).tolist()} mm, patch {c.patch_size}, batch {c.batch_size}, "
+              f"{c.topology.n_stages} stages")
+    print(f"plans: {out / 'plans.json'}")
+    return plans

@@ -1,0 +1,1 @@
+"""Training: patch sampling, augmentation and background loading feed the training loop."""

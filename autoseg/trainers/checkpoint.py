@@ -1,0 +1,63 @@
+"""Checkpoints that ``torch.load(..., weights_only=True)`` can read.
+
+A checkpoint is a dict of tensors and plain JSON-compatible values only::
+
+    {"network": state_dict, "optimizer": state_dict | None, "grad_scaler": state_dict | None,
+     "meta": {"epoch": int, "configuration": str, "network": "unet", "fold": ..., ...},
+     "history": {"train_loss": [...], ...}}
+
+Nothing pickled that can execute code. Files are written to a temp name and renamed, so a
+crash or ``kill -9`` mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import AutosegError
+
+NAMES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
+
+
+def save_checkpoint(path: Path | str, network_state: dict, meta: dict, optimizer_state: dict | None = None,
+                    grad_scaler_state: dict | None = None, history: dict | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"network": network_state, "optimizer": optimizer_state, "grad_scaler": grad_scaler_state,
+                               "meta": meta, "history": history or {}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True``; a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutosegError(f"{path}: checkpoint not found; train this fold first (autoseg train)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise AutosegError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it and retrain") from None
+
+
+def strip_module_prefix(state: dict) -> dict:
+    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes from keys."""
+    out = {}
+    for k, v in state.items():
+        for pre in ("module.", "_orig_mod."):
+            if k.startswith(pre):
+                k = k[len(pre):]
+        out[k] = v
+    return out

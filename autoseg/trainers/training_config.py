@@ -1,0 +1,42 @@
+"""The training run's settings, stored as ``training.json`` in each fold folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a fold was trained with (defaults follow nnU-Net).
+
+    ``num_input_channels`` includes the cascade's one-hot channels of the previous stage.
+    """
+
+    dataset: str
+    configuration: str
+    fold: str
+    network: str = "unet"
+    loss: str = "dice_ce"
+    class_weights: list[float] | None = None
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    batch_size: int = 2
+    patch_size: list[int] = field(default_factory=list)
+    oversample_foreground: float = 0.33
+    seed: int = 12345
+    num_workers: int = 2
+    device: str = "cpu"
+    amp: bool = False
+    deep_supervision: bool = True
+    num_input_channels: int = 1
+    num_classes: int = 3
+    checkpoint_every: int = 50
+    pretrained: str | None = None
+    previous_stage: str | None = None

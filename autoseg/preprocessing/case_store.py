@@ -87,4 +87,5 @@ def list_preprocessed_cases(folder: Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+    return sorted(p.stem for p in folder.glob("*.json")
+                  if not p.name.startswith(".") and (folder / f"{p.stem}.npy").is_file())

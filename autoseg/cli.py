@@ -91,23 +91,26 @@ def _run_plan(a):
     return 0
 
 
+def _lazy(module: str, configure: str, run: str) -> tuple[Callable, Callable]:
+    """Configure/run functions of a stage module, imported only when used."""
+    import importlib
+
+    def cfg(p):
+        getattr(importlib.import_module(module), configure)(p)
+
+    def go(a):
+        return getattr(importlib.import_module(module), run)(a)
+    return cfg, go
+
+
 COMMANDS: list[Command] = [
     ("synthetic", "write a synthetic abdominal-CT liver dataset", "autoseg synthetic -d Liver -n 20 --seed 0", _cfg_synthetic, _run_synthetic),
     ("convert", "convert an MSD / LiTS / PNG-slice dataset to the raw layout", "autoseg convert msd ~/Task03_Liver -d Liver", _cfg_convert, _run_convert),
     ("plan_and_preprocess", "check the dataset, fingerprint it, plan configurations, preprocess",
      "autoseg plan_and_preprocess -d Liver -c 3d_fullres", _cfg_plan, _run_plan),
+    ("train", "train fold(s) of 5-fold cross-validation", "autoseg train -d Liver -c 3d_fullres -f 0",
+     *_lazy("autoseg.trainers.run", "configure", "run")),
 ]
-
-
-def _extra_commands() -> list[Command]:
-    """Commands of the later stages (each module owns its arguments)."""
-    out: list[Command] = []
-    try:
-        from autoseg.cli_stages import stage_commands
-        out += stage_commands()
-    except ImportError:
-        pass
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, help_, example, cfg, run in COMMANDS + _extra_commands():
+    for name, help_, example, cfg, run in COMMANDS:
         p = sub.add_parser(name, help=f"{help_}  (e.g. {example})", description=f"{help_}.\n\nexample:\n  {example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         cfg(p)

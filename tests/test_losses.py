@@ -163,6 +163,12 @@ def test_generalized_dice_by_hand() -> None:
     w = np.array([1 / 9, 1, 1]) / (19 / 9)
     expected = 1 - 2 * (w * [1, 1, 0]).sum() / (w * [4, 3, 1]).sum()
     assert GeneralizedDiceLoss()(logits3, target).item() == pytest.approx(expected, abs=1e-5)
+    # large classes (w = 1/N^2 ~ 2.5e-9): the weights are normalised, so smooth stays negligible.
+    # 20000 voxels per class, half of class 1 predicted as 0: 1 - 2 * (20000 + 10000) / (50000 + 30000)
+    ref_big = np.repeat([0, 1], 20000)[None]
+    pred_big = np.repeat([0, 0, 1], [20000, 10000, 10000])[None]
+    got = GeneralizedDiceLoss()(hard_logits(pred_big, 2), as_target(ref_big)).item()
+    assert got == pytest.approx(0.25, abs=1e-4)
 
 
 def test_gdl_focal_combines_with_lambdas(tiny) -> None:
@@ -216,17 +222,21 @@ def test_build_loss_with_network_deep_supervision_end_to_end(kind: str) -> None:
     topo = NetworkTopology(4, [4, 8, 8, 8], kernels, [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]], [1] * 4, [1] * 3)
     torch.manual_seed(0)
     net = build_network(kind, topo, 1, 3)
-    x = torch.randn(2, 1, 4, 8, 8)
-    target = torch.randint(-1, 3, (2, 1, 4, 8, 8), dtype=torch.int8)
+    x = torch.randn(2, 1, 4, 16, 16)
+    target = torch.randint(-1, 3, (2, 1, 4, 16, 16), dtype=torch.int8)
     targets = downsample_targets(target, deep_supervision_scales(topo.strides))
     outs = net(x)
-    assert [o.shape[2:] for o in outs] == [t.shape[2:] for t in targets] == [(4, 8, 8), (4, 4, 4), (2, 2, 2)]
+    assert [o.shape[2:] for o in outs] == [t.shape[2:] for t in targets] == [(4, 16, 16), (4, 8, 8), (2, 4, 4)]
     loss_fn = build_loss("dice_ce", 3, batch_dice=True, n_ds_outputs=len(outs), ignore_index=-1)
     loss = loss_fn(outs, targets)
     inner = DiceCELoss(True, ignore_index=-1)  # weights 2/3, 1/3, 0
     assert loss.item() == pytest.approx((2 * inner(outs[0], targets[0]) + inner(outs[1], targets[1])).item() / 3, rel=1e-5)
     loss.backward()
-    assert all(p.grad is not None for p in net.parameters())
+    # every parameter takes part (DDP-safe); the lowest-resolution head (weight 0) gets exactly zero
+    grads = dict(net.named_parameters())
+    assert all(p.grad is not None for p in grads.values())
+    zero = [n for n, p in grads.items() if torch.count_nonzero(p.grad) == 0]
+    assert len(zero) == 2 and all(n.endswith(("heads.0.weight", "heads.0.bias")) for n in zero)
 
 
 def test_build_loss_names_and_errors(tiny) -> None:

@@ -242,8 +242,10 @@ class DeepSupervisionLoss(nn.Module):
 
     Weights ``1 / 2^i`` for output ``i`` (0 = full resolution), the lowest resolution's weight
     set to 0 (when there is more than one output), normalised to sum 1; e.g. for 4 outputs
-    ``[8/14, 4/14, 2/14, 0]``. Outputs with weight 0 are not evaluated. ``forward`` also accepts a
-    single tensor (deep supervision off) with a tensor or a list of targets (the first is used).
+    ``[8/14, 4/14, 2/14, 0]``. The weight-0 output is still evaluated (times 0), so its head gets a
+    zero gradient rather than none: DistributedDataParallel then needs no ``find_unused_parameters``.
+    ``forward`` also accepts a single tensor (deep supervision off) with a tensor or a list of
+    targets (the first is used).
     """
 
     def __init__(self, loss: nn.Module, n_outputs: int):
@@ -267,7 +269,7 @@ class DeepSupervisionLoss(nn.Module):
             raise ValueError(
                 f"deep supervision expects {len(self.weights)} outputs and targets, got {len(outputs)} and {len(targets)}"
             )
-        terms = [w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets) if w != 0]
+        terms = [w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets)]
         return torch.stack(terms).sum()
 
 

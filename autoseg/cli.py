@@ -110,6 +110,18 @@ COMMANDS: list[Command] = [
      "autoseg plan_and_preprocess -d Liver -c 3d_fullres", _cfg_plan, _run_plan),
     ("train", "train fold(s) of 5-fold cross-validation", "autoseg train -d Liver -c 3d_fullres -f 0",
      *_lazy("autoseg.trainers.run", "configure", "run")),
+    ("predict", "segment images with the trained folds (ensemble, mirroring TTA, exact geometry)",
+     "autoseg predict -d Liver -i images/ -o masks/", *_lazy("autoseg.inference.commands", "configure_predict", "run_predict")),
+    ("ensemble", "combine saved probabilities of several predictions", "autoseg ensemble -i out_3d out_2d -o out_ens",
+     *_lazy("autoseg.inference.commands", "configure_ensemble", "run_ensemble")),
+    ("export_model", "pack a trained model into one zip file", "autoseg export_model -d Liver -o liver_model.zip",
+     *_lazy("autoseg.inference.commands", "configure_export_model", "run_export_model")),
+    ("evaluate", "compare predicted masks with reference masks (Dice, IoU, HD95, lesions ...)",
+     "autoseg evaluate -r labelsTs/ -p masks/ -o summary.json", *_lazy("autoseg.evaluation.commands", "configure_evaluate", "run_evaluate")),
+    ("find_best_configuration", "rank trained configurations by cross-validation and choose postprocessing",
+     "autoseg find_best_configuration -d Liver", *_lazy("autoseg.evaluation.model_selection", "configure", "run")),
+    ("report", "write a self-contained HTML report with overlays and clinical numbers",
+     "autoseg report -i images/ -p masks/ -o report.html", *_lazy("autoseg.evaluation.commands", "configure_report", "run_report")),
 ]
 
 

@@ -56,6 +56,16 @@ def largest_axial_diameter(mask_zyx: np.ndarray, spacing_zyx: Sequence[float]) -
     return best, best_z
 
 
+def centroid_zyx(mask: np.ndarray) -> list[float]:
+    """Mean voxel index (z, y, x) of a non-empty mask, from its axis projections (no index grids)."""
+    total = float(np.count_nonzero(mask))
+    out = []
+    for axis in range(mask.ndim):
+        counts = np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
+        out.append(float((counts * np.arange(mask.shape[axis])).sum() / total))
+    return out
+
+
 def voxel_to_physical_xyz(index_zyx: Sequence[float], geometry: Geometry) -> list[float]:
     """Physical (x, y, z) mm of a (possibly fractional) voxel index (z, y, x): origin + D @ (idx * spacing)."""
     idx_xyz = np.asarray(index_zyx, dtype=float)[::-1] * np.asarray(geometry.spacing_zyx, dtype=float)[::-1]
@@ -84,12 +94,11 @@ def clinical_summary(seg: np.ndarray, spacing_zyx: Sequence[float], liver_label:
     if n:
         sizes = np.bincount(labelled.ravel(), minlength=n + 1)
         boxes = ndimage.find_objects(labelled)
-        centroids = ndimage.center_of_mass(tumor, labelled, range(1, n + 1))
         for lesion_id in sorted(range(1, n + 1), key=lambda i: -sizes[i]):
             box = boxes[lesion_id - 1]
             mask = labelled[box] == lesion_id
             diameter, z_local = largest_axial_diameter(mask, spacing)
-            centroid = [float(c) for c in centroids[lesion_id - 1]]
+            centroid = [c + s.start for c, s in zip(centroid_zyx(mask), box)]
             entry = {"lesion": len(lesions) + 1, "volume_ml": float(sizes[lesion_id] * voxel_ml),
                      "voxel_count": int(sizes[lesion_id]), "largest_axial_diameter_mm": diameter,
                      "diameter_slice_z": None if z_local is None else int(z_local + box[0].start),
@@ -99,9 +108,7 @@ def clinical_summary(seg: np.ndarray, spacing_zyx: Sequence[float], liver_label:
                 entry["centroid_xyz_mm"] = voxel_to_physical_xyz(centroid, geometry)
             lesions.append(entry)
 
-    liver_centroid = None
-    if n_liver:
-        liver_centroid = [float(c) for c in ndimage.center_of_mass((seg == liver_label) | tumor)]
+    liver_centroid = centroid_zyx((seg == liver_label) | tumor) if n_liver else None
     return {"spacing_zyx_mm": spacing, "voxel_volume_ml": voxel_ml,
             "liver_volume_ml": liver_ml, "tumor_volume_ml": tumor_ml,
             "tumor_burden_percent": (100.0 * tumor_ml / liver_ml) if n_liver else None,

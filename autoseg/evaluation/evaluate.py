@@ -177,7 +177,8 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
 
     means = mean_metrics([c["metrics"] for c in per_case])
     label_keys = [region_key(v) for v in labels]
-    foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in means[label_keys[0]]}
+    common = [m for m in means[label_keys[0]] if all(m in means[k] for k in label_keys)]
+    foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in common}
     summary = {
         "metric_per_case": per_case, "mean": means, "foreground_mean": foreground_mean,
         "label_names": {region_key(r): region_name(r, names, labels) for r in all_regions},

@@ -105,7 +105,7 @@ def _ratio(num: float, den: float) -> float:
 def overlap_metrics(tp: int, fp: int, fn: int) -> dict[str, float]:
     """Dice, IoU, precision, recall, VOE and RVD from voxel counts (NaN conventions above).
 
-    Example: tp=6, fp=2, fn=4 -> Dice 12/20 = 0.6, IoU 6/12 = 0.5, precision 0.75,
+    Example: tp=6, fp=2, fn=4 -> Dice 12/18 = 0.667, IoU 6/12 = 0.5, precision 0.75,
     recall 0.6, VOE 0.5, RVD (8 - 10) / 10 = -0.2.
     """
     n_ref, n_pred = tp + fn, tp + fp
@@ -182,6 +182,9 @@ def lesion_detection(ref_mask: np.ndarray, pred_mask: np.ndarray) -> dict[str, f
     none in the reference), F1 their harmonic mean; F1 is 0 when one side has lesions and
     the other none, NaN when neither has any.
     """
+    box = bounding_box(ref_mask | pred_mask)
+    if box is not None:  # components never leave the box of ref | pred; labelling the crop is cheaper
+        ref_mask, pred_mask = ref_mask[box], pred_mask[box]
     ref_cc, n_ref = connected_components(ref_mask)
     pred_cc, n_pred = connected_components(pred_mask)
     detected = int(np.count_nonzero(np.unique(ref_cc[pred_mask]))) if n_ref else 0
@@ -205,7 +208,9 @@ def compute_case_metrics(ref: np.ndarray, pred: np.ndarray, spacing_zyx: Sequenc
 
     Overlap counts come from one confusion matrix; surface distances (skipped when
     ``surface_distances_mm`` is False) and, for ``tumor_label``, lesion detection are computed
-    per label on cropped masks.
+    per label on cropped masks. Cost: the two distance transforms per region dominate (about
+    1-2 s each for a liver's bounding box at 0.8 mm in-plane); pass
+    ``surface_distances_mm=False`` when only overlap numbers are needed.
     """
     regions = [as_region(r) for r in labels_or_regions]
     max_label = max([max(r) for r in regions] + [int(ref.max(initial=0)), int(pred.max(initial=0))])

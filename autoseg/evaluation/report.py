@@ -30,7 +30,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.clinical import clinical_summary, compare_summaries
+from autoseg.evaluation.clinical import centroid_zyx, clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import compute_case_metrics, connected_components
 from autoseg.io.images import Geometry, read_image
 from autoseg.io.json_io import atomic_write_bytes
@@ -89,8 +89,12 @@ def _contour(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
 
 
-def overlay_rgb(grey_u8: np.ndarray, pred: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
-    """(H, W, 3) uint8: grey CT, prediction labels blended in, reference labels as 1-pixel outlines."""
+def overlay_rgb(grey_u8: np.ndarray, pred: np.ndarray, ref: np.ndarray | None, liver_label: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8: grey CT, prediction labels blended in, reference as 1-pixel outlines.
+
+    The liver outline is drawn around all reference foreground (the organ including its
+    tumours), every other label around its own voxels.
+    """
     rgb = np.repeat(grey_u8[..., None], 3, axis=2).astype(np.float32)
     for label in [v for v in np.unique(pred) if v > 0]:
         colour, alpha = FILL_COLOURS.get(int(label), OTHER_FILL)
@@ -98,31 +102,39 @@ def overlay_rgb(grey_u8: np.ndarray, pred: np.ndarray, ref: np.ndarray | None) -
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour, dtype=np.float32)
     if ref is not None:
         for label in [v for v in np.unique(ref) if v > 0]:
-            rgb[_contour(ref == label)] = CONTOUR_COLOURS.get(int(label), OTHER_CONTOUR)
+            mask = ref > 0 if label == liver_label else ref == label
+            rgb[_contour(mask)] = CONTOUR_COLOURS.get(int(label), OTHER_CONTOUR)
     return rgb.round().astype(np.uint8)
 
 
-def heat_rgb(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """(H, W, 3) uint8 'inferno' heat map of ``values`` scaled to 0..max; returns it and the max."""
+def heat_rgb(values: np.ndarray, top: float) -> np.ndarray:
+    """(H, W, 3) uint8 'inferno' heat map of ``values`` scaled to 0..``top``."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import colormaps
-    top = float(np.nanmax(values)) if values.size and np.isfinite(values).any() else 0.0
     scaled = np.nan_to_num(values / top if top > 0 else np.zeros_like(values), nan=0.0)
-    return (colormaps["inferno"](np.clip(scaled, 0, 1))[..., :3] * 255).round().astype(np.uint8), top
+    return (colormaps["inferno"](np.clip(scaled, 0, 1))[..., :3] * 255).round().astype(np.uint8)
 
 
-def resize_to_aspect(rgb: np.ndarray, spacing_rc: Sequence[float]) -> np.ndarray:
-    """Nearest-neighbour resize so one displayed pixel covers the same mm along rows and columns.
+def display_shape(shape_rc: Sequence[int], spacing_rc: Sequence[float]) -> tuple[int, int]:
+    """(rows, cols) on screen so one displayed pixel covers the same mm along rows and columns.
 
     At least one display pixel per voxel along the finer axis, long side about
     ``PANEL_LONG_SIDE_PX`` for small images, never more than ``PANEL_MAX_SIDE_PX``.
     """
-    h_mm, w_mm = rgb.shape[0] * spacing_rc[0], rgb.shape[1] * spacing_rc[1]
+    h_mm, w_mm = shape_rc[0] * spacing_rc[0], shape_rc[1] * spacing_rc[1]
     px_per_mm = max(PANEL_LONG_SIDE_PX / max(h_mm, w_mm), 1.0 / min(spacing_rc))
     px_per_mm = min(px_per_mm, PANEL_MAX_SIDE_PX / max(h_mm, w_mm))
-    size_wh = (max(1, round(w_mm * px_per_mm)), max(1, round(h_mm * px_per_mm)))
-    return np.asarray(Image.fromarray(rgb).resize(size_wh, Image.NEAREST))
+    return max(1, round(h_mm * px_per_mm)), max(1, round(w_mm * px_per_mm))
+
+
+def resize_nearest(plane: np.ndarray | None, shape_rc: tuple[int, int]) -> np.ndarray | None:
+    """Nearest-neighbour resampling of a 2D array of any dtype (labels stay labels)."""
+    if plane is None:
+        return None
+    rows = np.minimum(((np.arange(shape_rc[0]) + 0.5) * plane.shape[0] / shape_rc[0]).astype(int), plane.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape_rc[1]) + 0.5) * plane.shape[1] / shape_rc[1]).astype(int), plane.shape[1] - 1)
+    return plane[np.ix_(rows, cols)]
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
@@ -146,7 +158,7 @@ def choose_views(pred: np.ndarray, ref: np.ndarray | None, liver_label: int, tum
     for seg in sources:
         organ = (seg == liver_label) | (seg == tumor_label)
         if organ.any():
-            centre = [int(round(c)) for c in ndimage.center_of_mass(organ)]
+            centre = [int(round(c)) for c in centroid_zyx(organ)]
             break
     views["axial_liver"] = (0, centre[0])
     if pred.shape[0] > 1:
@@ -230,19 +242,23 @@ def render_case(case: ReportCase, liver_label: int, tumor_label: int, window: tu
     pred_d = to_display_orientation(pred, geometry)[0]
     ref_d = to_display_orientation(ref, geometry)[0] if ref is not None else None
     unc_d = to_display_orientation(unc, geometry)[0] if unc is not None else None
+    unc_top = float(np.nanmax(unc)) if unc is not None and np.isfinite(unc).any() else 0.0  # one scale per case
     cid = html.escape(case.case_id, quote=True)
     figures = []
     for view, (axis, index) in choose_views(pred_d, ref_d, liver_label, tumor_label).items():
         spacing_rc = [spacing[1], spacing[2]] if axis == 0 else [spacing[0], spacing[2]]
-        grey = window_to_uint8(_slice(image_d, axis, index), window)
+        plane = _slice(image_d, axis, index)
+        size = display_shape(plane.shape, spacing_rc)
+        grey = window_to_uint8(resize_nearest(plane, size), window)
         panels = {"ct": np.repeat(grey[..., None], 3, axis=2),
-                  "overlay": overlay_rgb(grey, _slice(pred_d, axis, index), _slice(ref_d, axis, index))}
+                  "overlay": overlay_rgb(grey, resize_nearest(_slice(pred_d, axis, index), size),
+                                         resize_nearest(_slice(ref_d, axis, index), size), liver_label)}
         caption = f"{view.replace('_', ' ')} ({'z' if axis == 0 else 'y'} = {index})"
         if unc_d is not None:
-            panels["uncertainty"], top = heat_rgb(_slice(unc_d, axis, index))
-            caption += f"; uncertainty 0 (black) – {top:.3g} (yellow)"
+            panels["uncertainty"] = heat_rgb(resize_nearest(_slice(unc_d, axis, index), size), unc_top)
+            caption += f"; uncertainty 0 (black) – {unc_top:.3g} (yellow)"
         imgs = "".join(f'<img data-case="{cid}" data-view="{view}" data-panel="{name}" alt="{name}" '
-                       f'src="{png_data_uri(resize_to_aspect(rgb, spacing_rc))}">' for name, rgb in panels.items())
+                       f'src="{png_data_uri(rgb)}">' for name, rgb in panels.items())
         figures.append(f'<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>')
     names = {str(liver_label): "liver", str(tumor_label): "tumour", f"{liver_label}+{tumor_label}": "liver + tumour"}
     parts = [f'<section class="case" id="case-{cid}"><h2>{html.escape(case.case_id)}</h2>', "".join(figures),

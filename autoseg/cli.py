@@ -125,22 +125,26 @@ COMMANDS: list[Command] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its options (imports stay lazy)."""
     parser = argparse.ArgumentParser(prog="autoseg", description="Self-configuring 3D medical image segmentation.",
                                      epilog="Run 'autoseg <command> --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
+    chosen = next((t for t in (argv or []) if not t.startswith("-")), None)
     for name, help_, example, cfg, run in COMMANDS:
         p = sub.add_parser(name, help=f"{help_}  (e.g. {example})", description=f"{help_}.\n\nexample:\n  {example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        cfg(p)
+        if name == chosen or argv is None:
+            cfg(p)
         p.set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "_run", None):
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"autoseg {args.command}: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.verbose:
+            raise
         print(f"autoseg {args.command}: interrupted", file=sys.stderr)
         return 130
 

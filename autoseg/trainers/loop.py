@@ -104,8 +104,8 @@ def _to(batch: dict, device: torch.device):
 
 
 def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path, out_dir: Path,
-               train_ids: list[str], val_ids: list[str], restart: bool = False) -> Path:
-    """Train one fold into ``out_dir``; returns the path of ``checkpoint_final.pth``."""
+               train_ids: list[str], val_ids: list[str], restart: bool = False) -> torch.nn.Module:
+    """Train one fold into ``out_dir`` (``checkpoint_final.pth`` at the end); returns the trained network."""
     ctx = dist_utils.context()
     device = torch.device(cfg.device if cfg.device != "cuda" or ctx.world_size == 1 else f"cuda:{ctx.local_rank}")
     torch.manual_seed(cfg.seed + ctx.rank)
@@ -224,4 +224,4 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
         raise
     save("checkpoint_final.pth", cfg.epochs)
     dist_utils.barrier()
-    return out_dir / "checkpoint_final.pth"
+    return network

@@ -10,7 +10,10 @@
 * Batch size: the reference batch scaled by the spare memory, capped so one batch covers at
   most 5 % of the dataset's voxels, and at least 2.
 * 3d_lowres (+ 3d_cascade_fullres): only when the fullres patch covers < 25 % of the median
-  case; the spacing grows by 3 % steps (anisotropic axes first) until it does.
+  case; the spacing grows by 3 % steps (anisotropic axes first) until it does; dropped again
+  when the lowres median case has more than half the fullres voxels.
+* The memory model is evaluated without deep-supervision heads and must fit at batch size 2
+  (2D references are calibrated at batch 12), exactly as nnU-Net v2.8's planner does.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ LOWRES_SPACING_STEP = 1.03
 MAX_DATASET_COVERED = 0.05
 MIN_BATCH_SIZE = 2
 PLANS_NAME = "autosegPlans"
-MEMORY_MODEL = ("sum over all conv outputs of (channels x voxels) for one sample of the plain U-Net with deep "
-                "supervision; reference 560e6 (3D, batch 2) / 85e6 (2D, batch 12) fits 8 GB, scaled linearly "
-                "with gpu_memory_gb")
+MEMORY_MODEL = ("sum over all conv outputs of (channels x voxels) for one sample of the plain U-Net (final head only); "
+                "the patch must satisfy estimate / ref_batch * 2 <= reference, with reference 560e6 (3D, ref_batch 2) "
+                "or 85e6 (2D, ref_batch 12) for 8 GB, scaled linearly with gpu_memory_gb")
 
 
 def fullres_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
@@ -83,8 +86,8 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
     topo, patch, divisor = T.make_topology(spacing, patch)
     reference = (T.REFERENCE_3D if dim == 3 else T.REFERENCE_2D) * gpu_memory_gb / T.REFERENCE_GB
     ref_bs = T.REFERENCE_BS_3D if dim == 3 else T.REFERENCE_BS_2D
-    estimate = T.feature_map_voxels(topo, patch, num_classes)
-    while estimate > reference:
+    estimate = T.feature_map_voxels(topo, patch, num_classes, deep_supervision=False)
+    while estimate / ref_bs * 2 > reference:  # the patch must fit at batch size 2
         axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
         trial = list(patch)
         trial[axis] -= divisor[axis]
@@ -92,7 +95,7 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
         patch = list(patch)
         patch[axis] -= div_trial[axis]
         topo, patch, divisor = T.make_topology(spacing, patch)
-        estimate = T.feature_map_voxels(topo, patch, num_classes)
+        estimate = T.feature_map_voxels(topo, patch, num_classes, deep_supervision=False)
     batch = round(reference / estimate * ref_bs)
     cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
     batch = int(max(min(batch, cap), MIN_BATCH_SIZE))
@@ -137,11 +140,14 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
                                      gpu_memory_gb, norm, f"{PLANS_NAME}_3d_lowres", False)
             patch_vox = float(np.prod(low.patch_size, dtype=np.float64))
         assert low is not None
-        low.next_stage = "3d_cascade_fullres"
-        confs["3d_lowres"] = low
-        cascade = plan_configuration("3d_cascade_fullres", sp_t, median_t, n_vox, k, gpu_memory_gb, norm, full.data_identifier, True)
-        cascade.previous_stage = "3d_lowres"
-        confs["3d_cascade_fullres"] = cascade
+        if np.prod(median_t, dtype=np.float64) / median_vox >= 2:  # else lowres is barely smaller: drop it
+            low.next_stage = "3d_cascade_fullres"
+            confs["3d_lowres"] = low
+            cascade = plan_configuration("3d_cascade_fullres", sp_t, median_t, n_vox, k, gpu_memory_gb, norm, full.data_identifier, True)
+            cascade.previous_stage = "3d_lowres"
+            confs["3d_cascade_fullres"] = cascade
+    if "3d_fullres" in confs:
+        full.batch_dice = "3d_lowres" in confs  # nnU-Net: batch Dice for fullres only when a cascade exists
     return Plans(dataset_name=fp.dataset_name, plans_name=PLANS_NAME, gpu_memory_gb=gpu_memory_gb, transpose_forward=tf,
                  transpose_backward=tb, original_median_spacing_mm=[float(v) for v in np.median(spacings, 0)],
                  original_median_shape_vox=[int(v) for v in np.median(fp.shapes_after_crop(), 0)],

@@ -10,7 +10,7 @@ The rules are nnU-Net v2's (``get_pool_and_conv_props``), re-derived:
 * The patch is rounded up to a multiple of ``2 ** pools`` per axis.
 
 Memory model: the sum over every convolution output (encoder, decoder, transposed convs and
-deep-supervision heads) of its feature map voxels times channels — a proxy for activation
+the final segmentation head) of its feature map voxels times channels — a proxy for activation
 memory that nnU-Net calibrated: 560e6 "voxel-features" at batch size 2 fit 8 GB for 3D
 (85e6 at batch size 12 for 2D). The planner scales these references linearly with the
 ``--gpu-memory`` budget.

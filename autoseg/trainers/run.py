@@ -64,6 +64,11 @@ def run(a: argparse.Namespace) -> int:
         raise AutosegError(f"configuration {a.configuration!r} is not in {pp / 'plans.json'} (planned: {', '.join(plans.configurations)})")
     config = plans.configurations[a.configuration]
     data_folder = pp / config.data_identifier
+    in_channels = plans.num_input_channels
+    if config.previous_stage:
+        from autoseg.trainers.cascade import prepare_cascade_data
+        data_folder = pp / prepare_cascade_data(name, plans, a.configuration)
+        in_channels += len(plans.labels) - 1
     cases = list_preprocessed_cases(data_folder)
     if not cases:
         raise AutosegError(f"{data_folder}: no preprocessed cases; run 'autoseg plan_and_preprocess -d {name} -c {a.configuration}'")
@@ -87,7 +92,7 @@ def run(a: argparse.Namespace) -> int:
             epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters,
             batch_size=a.batch_size or config.batch_size, patch_size=list(config.patch_size), seed=a.seed,
             num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=device == "cuda",
-            num_input_channels=plans.num_input_channels, num_classes=len(info.labels),
+            num_input_channels=in_channels, num_classes=len(info.labels),
             checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=config.previous_stage)
         out = paths.fold_dir(name, a.configuration, fold)
         out.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def run(a: argparse.Namespace) -> int:
         ("evaluate", ["evaluate", "-r", str(raw / "labelsTs"), "-p", str(out / "predictions"), "-o", str(out / "summary.json"),
                       "--dataset-json", str(raw / "dataset.json")]),
         ("report", ["report", "-i", str(raw / "imagesTs"), "-p", str(out / "predictions"), "-r", str(raw / "labelsTs"),
-                    "-u", str(out / "predictions"), "-o", str(out / "report.html"),
+                    "-u", str(out / "predictions" / "uncertainty"), "-o", str(out / "report.html"),
                     "--curves", str(out / "results" / "Dataset001_Liver" / "3d_fullres" / "fold_0" / "progress.png")]),
     ]
     timings = []

@@ -25,8 +25,12 @@ worker*; with the "spawn"/"forkserver" start methods it and ``transform`` must b
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
+import os
 import random
+import sys
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -65,14 +69,43 @@ class BatchStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        if info is not None:
+            atexit.register(_exit_without_finalizers)
         s = worker_seed(self.seed, self.rank, 0 if info is None else info.id)
         seed_globals(s)
         sampler = self.sampler_factory(seed=s)
         while True:
             batch = sampler.next_batch()
             if self.transform is not None:
-                batch = self.transform(**batch)
+                if info is None:  # in-process: small torch ops run far faster on one thread
+                    with _single_thread():
+                        batch = self.transform(**batch)
+                else:  # DataLoader workers already run torch single-threaded
+                    batch = self.transform(**batch)
             yield batch
+
+
+def _exit_without_finalizers() -> None:
+    """End a spawned/forkserver worker the way fork workers always end: ``os._exit``.
+
+    Such workers otherwise exit through interpreter finalisation, where a C++ static destructor of
+    an imported extension (seen with pandas 3, imported by batchgenerators) intermittently aborts
+    ("terminate called without an active exception") and the main process reports the worker
+    as killed. Runs last among atexit handlers; the result queues were flushed before.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _user_error_from_worker(err: AutosegError) -> AutosegError:
@@ -152,7 +185,14 @@ class BackgroundLoader:
         it, self._iter = self._iter, None
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
-            shutdown()
+            try:
+                shutdown()
+            except RuntimeError:  # torch's SIGCHLD check: a worker died while stopping; stop the rest
+                pass
+            for w in getattr(it, "_workers", []):
+                if w.is_alive():
+                    w.terminate()
+                w.join(timeout=5)
         elif hasattr(it, "close"):
             it.close()  # the in-process generator
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from autoseg.trainers.augmentation import deep_supervision_scales
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,6 @@ from autoseg.trainers.losses import (
     GeneralizedDiceLoss,
     SoftDiceLoss,
     build_loss,
-    deep_supervision_scales,
     downsample_targets,
 )
 
@@ -208,7 +209,7 @@ def test_deep_supervision_weights() -> None:
 
 def test_downsample_targets_picks_strided_voxels() -> None:
     t = torch.arange(2 * 4 * 8 * 8).reshape(2, 1, 4, 8, 8).remainder(5).sub(1).to(torch.int8)  # has -1s
-    scales = deep_supervision_scales([[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]])
+    scales = deep_supervision_scales([[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]], 3)
     assert scales == [[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25]]
     out = downsample_targets(t, scales)
     assert out[0] is t
@@ -224,7 +225,7 @@ def test_build_loss_with_network_deep_supervision_end_to_end(kind: str) -> None:
     net = build_network(kind, topo, 1, 3)
     x = torch.randn(2, 1, 4, 16, 16)
     target = torch.randint(-1, 3, (2, 1, 4, 16, 16), dtype=torch.int8)
-    targets = downsample_targets(target, deep_supervision_scales(topo.strides))
+    targets = downsample_targets(target, deep_supervision_scales(topo.strides, topo.n_stages - 1))
     outs = net(x)
     assert [o.shape[2:] for o in outs] == [t.shape[2:] for t in targets] == [(4, 16, 16), (4, 8, 8), (2, 4, 4)]
     loss_fn = build_loss("dice_ce", 3, batch_dice=True, n_ds_outputs=len(outs), ignore_index=-1)

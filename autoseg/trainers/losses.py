@@ -9,7 +9,8 @@ A batch in which every voxel is ignored gives a loss of 0 (with a gradient graph
 Sign convention: Dice losses return ``1 - dice`` (0 for a perfect prediction), where nnU-Net
 returns ``-dice``; the gradients are identical, only the logged value is shifted by one.
 
-Deep-supervision scales from the topology (:func:`deep_supervision_scales`)::
+Deep-supervision scales from the topology
+(:func:`autoseg.trainers.augmentation.deep_supervision_scales`)::
 
     strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]       # topology.strides, 4 stages
     cumprod = [[1, 1, 1], [1, 2, 2], [2, 4, 4], [4, 8, 8]]       # resolution of each stage
@@ -271,12 +272,6 @@ class DeepSupervisionLoss(nn.Module):
             )
         terms = [w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets)]
         return torch.stack(terms).sum()
-
-
-def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
-    """``1 / cumprod(strides)`` per stage, bottleneck dropped: one scale per decoder head (see module doc)."""
-    cum = np.cumprod(np.asarray(strides, dtype=float), axis=0)
-    return [list(map(float, 1.0 / c)) for c in cum[:-1]]
 
 
 def downsample_targets(target: torch.Tensor, scales: Sequence[Sequence[float]]) -> list[torch.Tensor]:

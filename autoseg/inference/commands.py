@@ -1,0 +1,134 @@
+"""Command-line glue for ``autoseg predict``, ``autoseg ensemble`` and ``autoseg export_model``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from pathlib import Path
+
+from autoseg import paths
+from autoseg.errors import AutosegError
+
+
+def _folds(tokens: list[str] | None) -> list[str] | None:
+    if not tokens:
+        return None
+    from autoseg.trainers.splits import parse_folds
+    return parse_folds(tokens)
+
+
+def results_dataset(ref: str | None) -> Path:
+    """``<results>/<Dataset>`` for ``-d`` (name, id, DatasetNNN_Name); trained results are searched first."""
+    trained = paths.list_datasets(paths.results_root())
+    if ref is None and len(trained) == 1:
+        return paths.results_dataset_dir(trained[0])
+    if ref is not None:
+        for d in trained:
+            num, _, short = d[len("Dataset"):].partition("_")
+            if ref in (d, short) or (ref.isdigit() and int(ref) == int(num)):
+                return paths.results_dataset_dir(d)
+    return paths.results_dataset_dir(paths.resolve_dataset(ref))
+
+
+# --- predict ---------------------------------------------------------------------------
+def configure_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", required=True, help="image file, folder of images (<case>_0000.nii.gz ...), DICOM series "
+                                                         "folder or folder of DICOM series folders")
+    p.add_argument("-o", "--output", required=True, help="output folder for the masks (<case> + the input's ending)")
+    p.add_argument("-d", "--dataset", default=None, help="dataset (name, id, DatasetNNN_Name); optional when only one is trained")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres (default: best_configuration.json, else 3d_fullres)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: every fold with a checkpoint)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final", help="checkpoint file per fold (default final)")
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None, help="default: best available")
+    p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch (default 0.5)")
+    p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (2^d times faster)")
+    p.add_argument("--ensemble", choices=["mean", "weighted"], default="mean",
+                   help="fold ensemble: mean of logits (default) or weighted mean of probabilities (needs --weights)")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per fold for --ensemble weighted")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>_probabilities.npz (float16, input grid) + .json, for 'autoseg ensemble'")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="write uncertainty/<case>_uncertainty.nii.gz (variance over passes), _entropy.nii.gz and _uncertainty.json")
+    p.add_argument("--no-postprocessing", action="store_true", help="ignore the model's postprocessing.json")
+    p.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="export workers (threads; default 2)")
+    p.add_argument("--memory-gb", type=float, default=8.0,
+                   help="host memory to plan for: exports overlap the next prediction only when both fit (default 8)")
+    p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many disjoint parts (default 1)")
+    p.add_argument("--part-id", type=int, default=0, help="which part this run predicts (0-based)")
+    p.add_argument("--model", default=None, help="model zip from 'autoseg export_model' (or its extracted dataset folder)")
+    p.add_argument("--prev-stage-predictions", default=None,
+                   help="cascade: folder of 3d_lowres masks for these inputs (default: run the 3d_lowres model)")
+
+
+def run_predict(a: argparse.Namespace) -> int:
+    from autoseg.inference.inputs import discover_cases
+    from autoseg.inference.model import TrainedModel, default_configuration, extract_model
+    from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases, resolve_device
+
+    if a.weights and a.ensemble != "weighted":
+        raise AutosegError("--weights needs --ensemble weighted")
+    options = PredictOptions(step=a.step, mirror=not a.no_tta, ensemble=a.ensemble, weights=a.weights,
+                             device=resolve_device(a.device), save_probabilities=a.save_probabilities, uncertainty=a.uncertainty,
+                             postprocess=not a.no_postprocessing, overwrite=a.overwrite, num_export_workers=a.num_processes,
+                             num_parts=a.num_parts, part_id=a.part_id, memory_gb=a.memory_gb,
+                             prev_stage_dir=Path(a.prev_stage_predictions).expanduser() if a.prev_stage_predictions else None)
+    with contextlib.ExitStack() as stack:
+        if a.model:
+            mp = Path(a.model).expanduser()
+            dataset_dir = mp if mp.is_dir() else extract_model(mp, stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg_model_")))
+        else:
+            dataset_dir = results_dataset(a.dataset)
+        conf = a.configuration or default_configuration(dataset_dir)
+        model = TrainedModel(dataset_dir, conf, _folds(a.folds), a.checkpoint)
+        previous = None
+        if model.config.previous_stage and options.prev_stage_dir is None:
+            previous = TrainedModel(dataset_dir, model.config.previous_stage, None, a.checkpoint)
+        cases, problems = discover_cases(a.input, model.num_image_channels)
+        tta = "mirroring TTA" if options.mirror else "no TTA"
+        print(f"{dataset_dir.name} {conf}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
+              f"{options.device}; {len(cases)} case(s) found")
+        summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()
+    for line in problems:
+        summary.failed[line.split(":", 1)[0]] = line
+    print(summary.text())
+    return summary.exit_code
+
+
+# --- ensemble --------------------------------------------------------------------------
+def configure_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--inputs", nargs="+", required=True, help="two or more folders written with predict --save-probabilities")
+    p.add_argument("-o", "--output", required=True, help="output folder for the ensembled masks")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per input folder (default: equal)")
+    p.add_argument("--postprocessing", default=None, help="postprocessing.json to apply to the masks")
+    p.add_argument("--save-probabilities", action="store_true", help="also write the ensembled probabilities")
+
+
+def run_ensemble(a: argparse.Namespace) -> int:
+    from autoseg.evaluation.postprocessing import load_rules
+    from autoseg.inference.ensemble import ensemble_folders
+    rules = load_rules(a.postprocessing) if a.postprocessing else None
+    s = ensemble_folders(a.inputs, a.output, a.weights, rules, a.save_probabilities)
+    print(f"ensembled {len(s.written)} case(s) into {a.output}, failed {len(s.failed)}"
+          + "".join(f"\n  failed {c}: {m}" for c, m in sorted(s.failed.items())))
+    return 1 if s.failed else 0
+
+
+# --- export_model ----------------------------------------------------------------------
+def configure_export_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset", default=None, help="dataset; optional when only one is trained")
+    p.add_argument("-o", "--output", required=True, help="zip file to write, e.g. liver_model.zip")
+    p.add_argument("-c", "--configurations", nargs="+", default=None,
+                   help="configurations to include (default: best_configuration.json's, else 3d_fullres)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: every fold with a checkpoint)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+
+
+def run_export_model(a: argparse.Namespace) -> int:
+    from autoseg.inference.model import export_model
+    dataset_dir = results_dataset(a.dataset)
+    out = export_model(dataset_dir.name, a.output, a.configurations, _folds(a.folds), a.checkpoint)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with: autoseg predict --model {out} -i IN -o OUT")
+    return 0

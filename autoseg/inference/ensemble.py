@@ -1,0 +1,112 @@
+"""``autoseg ensemble``: combine the saved probabilities of several predictions.
+
+``autoseg ensemble -i DIR1 DIR2 ... -o OUT [--weights w1 w2 ...]`` combines the saved
+probabilities (``<case>_probabilities.npz`` from ``predict --save-probabilities``) of
+several predictions, e.g. 3d_fullres and 2d, as ``sum_i w_i p_i`` with the weights
+normalised to sum 1 (equal weights by default), then writes the argmax mask with the
+geometry recorded beside the probabilities. Classes are combined one at a time (a running
+argmax), so memory is the inputs' float16 arrays plus two float32 volumes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.errors import AutosegError
+from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing
+from autoseg.inference.export import ProbabilityInfo, load_probabilities, write_probabilities
+from autoseg.inference.sliding_window import normalized_weights
+from autoseg.io.images import write_image
+
+
+def combine(probabilities: Sequence[np.ndarray], weights: Sequence[float], label_values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum of (K, Z, Y, X) probability arrays: (uint8 argmax labels, float32 max probability).
+
+    Computed class by class; ties go to the lower class. ``label_values[k]`` is class k's label.
+    """
+    best = labels = None
+    for k in range(probabilities[0].shape[0]):
+        pk = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
+        for p, w in zip(probabilities, weights):
+            pk += np.float32(w) * p[k]
+        if best is None:
+            best, labels = pk, np.full(pk.shape, label_values[0], dtype=np.uint8)
+            continue
+        better = pk > best
+        best[better] = pk[better]
+        assert labels is not None
+        labels[better] = label_values[k]
+    assert best is not None and labels is not None
+    return labels, best
+
+
+def _cases(folder: Path) -> set[str]:
+    return {p.name[: -len("_probabilities.npz")] for p in folder.glob("*_probabilities.npz") if not p.name.startswith(".")}
+
+
+@dataclass
+class EnsembleSummary:
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights: Sequence[float] | None = None,
+                     rules: PostprocessingRules | None = None, save_probabilities: bool = False,
+                     overwrite: bool = True) -> EnsembleSummary:
+    """Combine every case present in all ``inputs``; a case missing somewhere is reported as failed."""
+    folders = [Path(p).expanduser() for p in inputs]
+    if len(folders) < 2:
+        raise AutosegError("autoseg ensemble: give at least two input folders with -i")
+    for f in folders:
+        if not f.is_dir():
+            raise AutosegError(f"{f}: folder not found")
+    w = normalized_weights(weights, len(folders), "input folder")
+    per_folder = [_cases(f) for f in folders]
+    all_cases = sorted(set().union(*per_folder))
+    if not all_cases:
+        raise AutosegError(f"{folders[0]}: no <case>_probabilities.npz files; predict with --save-probabilities first")
+    out_dir = Path(out_dir).expanduser()
+    summary = EnsembleSummary()
+    for case in tqdm(all_cases, desc="ensemble", unit="case"):
+        missing = [str(f) for f, cs in zip(folders, per_folder) if case not in cs]
+        try:
+            if missing:
+                raise AutosegError(f"no {case}_probabilities.npz in {', '.join(missing)}; predict it there with --save-probabilities")
+            probs, infos = zip(*(load_probabilities(f, case) for f in folders))
+            _check_compatible(case, folders, probs, infos)
+            info: ProbabilityInfo = infos[0]
+            out_path = out_dir / info.segmentation_file
+            if out_path.is_file() and not overwrite:
+                continue
+            values = sorted(int(v) for v in info.labels.values())
+            seg, _ = combine(probs, w, values)
+            if rules is not None:
+                seg = apply_postprocessing(seg, rules)
+            write_image(seg, info.geometry, out_path)
+            if save_probabilities:
+                mixed = np.zeros(probs[0].shape, dtype=np.float16)
+                for k in range(mixed.shape[0]):
+                    mixed[k] = sum(np.float32(wi) * p[k] for p, wi in zip(probs, w))
+                write_probabilities(mixed, info, out_dir)
+            summary.written.append(case)
+        except AutosegError as e:
+            summary.failed[case] = str(e)
+            tqdm.write(f"error: {case}: {e}", file=sys.stderr)
+    return summary
+
+
+def _check_compatible(case: str, folders: Sequence[Path], probs: Sequence[np.ndarray], infos: Sequence[ProbabilityInfo]) -> None:
+    for f, p, info in zip(folders[1:], probs[1:], infos[1:]):
+        if p.shape != probs[0].shape:
+            raise AutosegError(f"{f}: {case} probabilities have shape {p.shape}, {folders[0]} has {probs[0].shape}; "
+                               f"ensemble predictions of the same images")
+        if info.labels != infos[0].labels:
+            raise AutosegError(f"{f}: {case} labels {info.labels} differ from {folders[0]} ({infos[0].labels})")
+        if (diff := infos[0].geometry.matches(info.geometry)) is not None:
+            raise AutosegError(f"{f}: {case} geometry differs from {folders[0]} ({diff}); ensemble predictions of the same images")

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
+from autoseg.evaluation.clinical import clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
                                         region_key)
 from autoseg.io.images import read_image
@@ -106,8 +107,13 @@ def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_
         raise AutosegError(f"{pred_path}: grid differs from reference {ref_path.name} ({diff}); "
                            f"predict on the reference's grid (resample the prediction back)")
     metrics = compute_case_metrics(ref, pred, ref_geom.spacing_zyx, regions, tumor_label, surface_distances_mm)
-    return {"case": strip_suffix(ref_path.name), "reference_file": str(ref_path),
-            "prediction_file": str(pred_path), "metrics": metrics}
+    out = {"case": strip_suffix(ref_path.name), "reference_file": str(ref_path),
+           "prediction_file": str(pred_path), "metrics": metrics}
+    if tumor_label is not None:  # the clinical numbers a radiologist reads, predicted vs reference
+        liver = min((r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
+        out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, liver, tumor_label),
+                                            clinical_summary(ref, ref_geom.spacing_zyx, liver, tumor_label))
+    return out
 
 
 def _evaluate_case_star(args: tuple) -> dict:

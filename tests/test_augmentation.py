@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.trainers.augmentation import (
+from autoseg.trainers.transforms import (
     LowResParams,
     SpatialAugmentTransform,
     SpatialParams,
     apply_lowres,
     apply_spatial,
+    downsample_seg_nearest,
+)
+from autoseg.trainers.augmentation import (
     build_train_transforms,
     build_train_transforms_from_settings,
     build_val_transforms,
     deep_supervision_scales,
     default_augmentation_settings,
-    downsample_seg_nearest,
     initial_patch_size,
 )
 

@@ -17,9 +17,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="autoseg_demo", help="working folder (default ./autoseg_demo)")
     p.add_argument("--cases", type=int, default=16, help="synthetic training cases (default 16)")
     p.add_argument("--test-cases", type=int, default=4, help="held-out synthetic test cases (default 4)")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium"], help="synthetic case size (default small)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--iters-per-epoch", type=int, default=25)
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "medium"], help="synthetic case size (default tiny)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--iters-per-epoch", type=int, default=20)
     p.add_argument("--gpu-memory", type=float, default=0.1,
                    help="memory budget that sizes the patch (default 0.1 GB: a CPU-sized network)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])

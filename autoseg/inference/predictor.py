@@ -20,7 +20,7 @@ import logging
 import sys
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -177,8 +177,10 @@ class CasePipeline:
             raise AutosegError(f"{model.folds[0].checkpoint.parent / 'training.json'}: network takes {model.num_input_channels} "
                                f"channels but the dataset has {model.num_image_channels}; check training.json")
         self.predictor = Predictor(model, options)
-        self.first_stage = Predictor(previous, options) if (model.config.previous_stage and options.prev_stage_dir is None
-                                                             and previous is not None) else None
+        self.first_stage = None
+        if model.config.previous_stage and options.prev_stage_dir is None and previous is not None:
+            # the first stage's folds are averaged plainly: --weights are for this configuration's folds
+            self.first_stage = Predictor(previous, replace(options, ensemble="mean", weights=None))
         self.rules = model.postprocessing if options.postprocess else None
 
     def load(self, case: InputCase) -> _Loaded:

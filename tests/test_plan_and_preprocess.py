@@ -124,3 +124,8 @@ def test_verify_only_writes_nothing(dataset, autoseg_env, capsys):
     assert run("plan_and_preprocess", "--verify", "-np", "1") == 0
     assert "passed the integrity check" in capsys.readouterr().out
     assert not (autoseg_env["pre"] / "Dataset003_Liver").exists()
+
+
+def test_bad_normalization_is_one_line(dataset, autoseg_env, capsys):
+    _expect_error(capsys, "window:LOW,HIGH", autoseg_env, "--normalization", "window:abc")
+    _expect_error(capsys, "choose ct, zscore", autoseg_env, "--normalization", "foo")

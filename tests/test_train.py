@@ -103,3 +103,10 @@ def test_resume_after_kill(prepared, tmp_path):
     final = torch.load(latest.with_name("checkpoint_final.pth"), weights_only=True)
     assert final["meta"]["epoch"] == epoch + 1
     assert len(final["history"]["train_loss"]) == epoch + 1  # history continued, not restarted
+
+
+def test_resuming_with_other_network_is_refused(prepared, capsys):
+    assert main(["train", "-f", "0", "--epochs", "1", *FAST, "--checkpoint-every", "1"]) == 0
+    assert main(["train", "-f", "0", "--epochs", "2", "--network", "vnet", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "network=unet" in err and "--restart" in err and "Traceback" not in err

@@ -30,7 +30,7 @@ import torch
 
 from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing
 from autoseg.io.images import Geometry, write_image
-from autoseg.io.json_io import load_dataclass, save_json
+from autoseg.io.json_io import load_dataclass, save_json, publish
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.resampling import resample_image
@@ -122,7 +122,7 @@ def _save_npz_atomic(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, probabilities=array)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.io.json_io import publish
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
 
@@ -152,7 +153,7 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: Path | str, com
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, useCompression=compress)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -32,6 +32,18 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished temp file into place with normal permissions.
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; outputs should be as
+    readable as any other file the user writes (0666 minus the umask).
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -40,7 +52,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.datasets.layout import DatasetInfo
+from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.planners import topology as T
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings
@@ -64,12 +65,19 @@ def normalization_for(info: DatasetInfo, fp: DatasetFingerprint, override: str |
         st = fp.intensity_per_channel[str(ch)]
         scheme = override or ("ct" if info.channel_kind(ch) == "CT" else "zscore")
         if scheme.startswith("window:"):
-            lo, hi = (float(v) for v in scheme.split(":", 1)[1].split(","))
+            try:
+                lo, hi = (float(v) for v in scheme.split(":", 1)[1].split(","))
+            except ValueError:
+                raise AutosegError(f"--normalization {scheme}: write the window as window:LOW,HIGH, e.g. window:-200,200") from None
+            if not lo < hi:
+                raise AutosegError(f"--normalization {scheme}: LOW must be below HIGH")
             out.append(ChannelNormalization("window", lower=lo, upper=hi))
         elif scheme == "ct":
             out.append(ChannelNormalization("ct", mean=st.mean, std=max(st.std, 1e-8), lower=st.percentile_00_5, upper=st.percentile_99_5))
-        else:
+        elif scheme in ("zscore", "rescale"):
             out.append(ChannelNormalization(scheme))
+        else:
+            raise AutosegError(f"--normalization {scheme}: choose ct, zscore, rescale or window:LOW,HIGH")
     return out
 
 
@@ -102,7 +110,7 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
     return ConfigurationPlan(name=name, data_identifier=data_identifier, spacing_mm=spacing, patch_size=[int(p) for p in patch],
                              median_shape_vox=[int(round(m)) for m in median_shape], batch_size=batch, batch_dice=batch_dice,
                              topology=topo, normalization=normalization, resampling=ResamplingSettings(),
-                             estimated_vram_gb=round(estimate / reference * gpu_memory_gb * ref_bs / ref_bs, 3))
+                             estimated_vram_gb=round(estimate / reference * gpu_memory_gb * batch / ref_bs, 3))
 
 
 def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: float = 8.0,

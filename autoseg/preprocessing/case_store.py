@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.io.images import Geometry
-from autoseg.io.json_io import load_dataclass, save_json
+from autoseg.io.json_io import load_dataclass, save_json, publish
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     os.close(fd)
     try:
         np.save(tmp, arr)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.io.json_io import publish
 
 NAMES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
 
@@ -34,7 +35,7 @@ def save_checkpoint(path: Path | str, network_state: dict, meta: dict, optimizer
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

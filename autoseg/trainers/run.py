@@ -54,6 +54,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-validation", action="store_true", help="skip predicting the validation cases at the end")
 
 
+RESUME_KEYS = ("network", "loss", "class_weights", "optimizer", "num_input_channels", "num_classes", "patch_size")
+
+
+def _check_resumable(out, cfg: TrainingConfig, restart: bool) -> None:
+    """Refuse to resume a fold folder that was trained with another network/loss/patch."""
+    old = out / "training.json"
+    if restart or not (out / "checkpoint_latest.pth").is_file() or not old.is_file():
+        return
+    from autoseg.io.json_io import load_json
+    prev = load_json(old)
+    diff = [k for k in RESUME_KEYS if k in prev and prev[k] != asdict(cfg)[k]]
+    if diff:
+        raise AutosegError(f"{out}: was trained with other settings ({', '.join(f'{k}={prev[k]}' for k in diff)}); "
+                           f"add --restart to overwrite it, or set AUTOSEG_RESULTS to another folder for this experiment")
+
+
 def run(a: argparse.Namespace) -> int:
     name = paths.resolve_dataset(a.dataset)
     pp = paths.preprocessed_dataset_dir(name)
@@ -96,6 +112,7 @@ def run(a: argparse.Namespace) -> int:
             checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=config.previous_stage)
         out = paths.fold_dir(name, a.configuration, fold)
         out.mkdir(parents=True, exist_ok=True)
+        _check_resumable(out, cfg, a.restart)
         if dist_utils.context().is_main:
             save_json(asdict(cfg), out / "training.json")
             print(f"training {name} {a.configuration} fold {fold}: {len(train_ids)} train / {len(val_ids)} val cases, "

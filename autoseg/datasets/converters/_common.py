@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.io.images import Geometry, image_suffix, read_sitk, write_image
+from autoseg.io.json_io import publish
 
 NNUNET_ENDING = ".nii.gz"
 
@@ -77,7 +78,7 @@ def copy_as_nifti(src: Path, dst: Path) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        publish(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,18 +10,18 @@ not grow with the dataset's size.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoseg.datasets.layout import CaseFiles, DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
-from autoseg.io.images import read_case, read_image
+from autoseg.io.images import Geometry, read_case, read_image, read_sitk
 from autoseg.io.json_io import load_dataclass, save_json
 
 SAMPLE_BUDGET = 2_000_000
@@ -76,24 +76,59 @@ class DatasetFingerprint:
         return load_dataclass(cls, path)
 
 
+def _read_label(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A label map (Z, Y, X) in its stored type when that is an integer type, else float32.
+
+    A uint8 file stays uint8: a quarter of the float32 array :func:`read_image` would make.
+    2D and multi-component files go through :func:`read_image`.
+    """
+    img = read_sitk(path)
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        return read_image(path, dtype=np.float32)
+    arr = sitk.GetArrayFromImage(img)
+    geom = Geometry.from_sitk(img)
+    del img
+    return (arr if arr.dtype.kind in "iub" else arr.astype(np.float32, copy=False)), geom
+
+
+def label_values(seg: np.ndarray, path: Path) -> list[int]:
+    """Sorted distinct values of a label map (any real dtype), checked one z-slice at a time.
+
+    Raises AutosegError naming ``path`` when a value is not an integer. Values are counted with
+    ``bincount`` when their range is small (no sort, no full-size temporary).
+    """
+    if seg.dtype.kind == "f":
+        for z in range(seg.shape[0]):
+            if not np.all(np.mod(seg[z], 1) == 0):
+                raise AutosegError(f"{path}: label map has non-integer values; labels must be integers")
+    if seg.size == 0:
+        return []
+    lo, hi = int(seg.min()), int(seg.max())
+    if hi - lo >= 65536:
+        return sorted(int(v) for v in np.unique(seg))
+    counts = np.zeros(hi - lo + 1, np.int64)
+    for z in range(seg.shape[0]):
+        counts += np.bincount((seg[z] - lo).astype(np.intp).ravel(), minlength=hi - lo + 1)
+    return [int(v) + lo for v in np.flatnonzero(counts)]
+
+
 def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: int) -> tuple[CaseFingerprint, np.ndarray]:
     """Check one case and return its fingerprint and foreground samples (C, n)."""
     data, geom = read_case(case.images)
     assert case.label is not None
-    seg, lgeom = read_image(case.label, dtype=np.float32)
+    seg, lgeom = _read_label(case.label)
     if (diff := geom.matches(lgeom)) is not None:
         raise AutosegError(f"{case.label}: label grid differs from image {case.images[0].name} ({diff}); resample the label onto the image grid")
-    if not np.all(np.mod(seg, 1) == 0):
-        raise AutosegError(f"{case.label}: label map has non-integer values; labels must be integers")
-    present = sorted(int(v) for v in np.unique(seg))
+    present = label_values(seg, case.label)
     undeclared = [v for v in present if v not in labels]
     if undeclared:
         raise AutosegError(f"{case.label}: label value(s) {undeclared} not declared in dataset.json labels {labels}; declare or remove them")
     bbox = nonzero_bbox(data)
     data_c, seg_c = crop(data, bbox), crop(seg[None], bbox)[0]
     fg = seg_c > 0
+    del seg, seg_c
     rng = np.random.default_rng(seed)
-    n_fg = int(fg.sum())
+    n_fg = int(np.count_nonzero(fg))
     if n_fg:
         pick = rng.choice(n_fg, size=min(n_samples, n_fg), replace=False) if n_fg > n_samples else np.arange(n_fg)
         samples = data_c[:, fg][:, np.sort(pick)]
@@ -106,8 +141,6 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
 
 
 def _worker(args):
-    import torch  # noqa: F401  (keep BLAS threads modest in workers)
-    torch.set_num_threads(1)
     try:
         return _case_fingerprint(*args)
     except AutosegError as e:

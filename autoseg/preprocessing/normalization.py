@@ -37,8 +37,12 @@ def normalize_channel(x: np.ndarray, norm: ChannelNormalization) -> np.ndarray:
 
 
 def normalize(data: np.ndarray, norms: list[ChannelNormalization]) -> np.ndarray:
-    """(C, ...) float32 array, each channel with its own scheme."""
-    data = np.array(data, dtype=np.float32, copy=True)
+    """(C, ...) float32 array, each channel with its own scheme.
+
+    Makes one C-contiguous float32 copy of ``data`` (which may be a transposed view; the
+    input is never modified) and normalises it in place.
+    """
+    data = np.array(data, dtype=np.float32, copy=True, order="C")
     for c, n in enumerate(norms):
-        data[c] = normalize_channel(data[c], n)
+        normalize_channel(data[c], n)  # float32 view: normalised in place
     return data

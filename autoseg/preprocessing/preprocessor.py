@@ -27,15 +27,20 @@ def target_spacing(plans: Plans, config: ConfigurationPlan, spacing_zyx: list[fl
 
 
 def class_locations(seg: np.ndarray, labels: list[int], seed: int, n_max: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, list[list[int]]]:
-    """Up to ``n_max`` random voxel coordinates ``[0, *spatial]`` per foreground label present."""
+    """Up to ``n_max`` random voxel coordinates ``[0, *spatial]`` per foreground label present.
+
+    Coordinates are listed in C (row-major) order. Memory: one int64 per voxel of the label
+    (flat indices), not three; only the chosen ones are unravelled.
+    """
     rng = np.random.default_rng(seed)
     out: dict[str, list[list[int]]] = {}
     for lab in labels:
-        idx = np.argwhere(seg[0] == lab)
-        if len(idx) == 0:
+        flat = np.flatnonzero(seg[0] == lab)
+        if len(flat) == 0:
             continue
-        if len(idx) > n_max:
-            idx = idx[np.sort(rng.choice(len(idx), n_max, replace=False))]
+        if len(flat) > n_max:
+            flat = flat[np.sort(rng.choice(len(flat), n_max, replace=False))]
+        idx = np.stack(np.unravel_index(flat, seg.shape[1:]), axis=1)
         out[str(lab)] = np.concatenate([np.zeros((len(idx), 1), int), idx], 1).tolist()
     return out
 

@@ -15,7 +15,9 @@ def test_ddp_two_cpu_processes_identical_weights(autoseg_env, tmp_path):
     write_blob_dataset(autoseg_env["raw"] / "Dataset003_Liver", n=4)
     assert main(["plan_and_preprocess", "-c", "3d_fullres", "-np", "1"]) == 0
     out = tmp_path / "ddp"
-    env = dict(os.environ, AUTOSEG_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, AUTOSEG_DIST_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONPATH=path)
     worker = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                         worker, str(autoseg_env["pre"] / "Dataset003_Liver"), str(out)],

@@ -20,8 +20,6 @@ the input grid (class k = k-th label value in ascending order), plus
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 
 from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing
 from autoseg.io.images import Geometry, write_image
-from autoseg.io.json_io import load_dataclass, save_json, publish
+from autoseg.io.json_io import load_dataclass, save_json, atomic_path
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.resampling import resample_image
@@ -117,16 +115,8 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
 
 
 def _save_npz_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, probabilities=array)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".tmp.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, probabilities=array)
 
 
 def write_probabilities(probs: np.ndarray, info: ProbabilityInfo, out_dir: Path) -> None:

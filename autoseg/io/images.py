@@ -7,8 +7,6 @@ Axis-order contract: arrays leave this module as (Z, Y, X) (or (C, Z, Y, X) for 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
-from autoseg.io.json_io import publish
+from autoseg.io.json_io import atomic_path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
 
@@ -148,13 +146,5 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: Path | str, com
     if tuple(array_zyx.shape) != tuple(geometry.shape_zyx):
         raise ValueError(f"array shape {array_zyx.shape} does not match geometry {geometry.shape_zyx}")
     img = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=image_suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, image_suffix(path)) as tmp:
         sitk.WriteImage(img, tmp, useCompression=compress)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

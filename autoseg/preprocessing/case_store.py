@@ -13,15 +13,13 @@ renamed; the ``.json`` is written last, so its presence marks a finished case.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.io.images import Geometry
-from autoseg.io.json_io import load_dataclass, save_json, publish
+from autoseg.io.json_io import load_dataclass, save_json, atomic_path
 
 
 @dataclass
@@ -48,15 +46,8 @@ def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".tmp.npy") as tmp:
         np.save(tmp, arr)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_case(folder: Path, data: np.ndarray, seg: np.ndarray | None, props: CaseProperties) -> None:

@@ -12,15 +12,13 @@ crash or ``kill -9`` mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.io.json_io import publish
+from autoseg.io.json_io import atomic_path
 
 NAMES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
 
@@ -31,15 +29,8 @@ def save_checkpoint(path: Path | str, network_state: dict, meta: dict, optimizer
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"network": network_state, "optimizer": optimizer_state, "grad_scaler": grad_scaler_state,
                                "meta": meta, "history": history or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:

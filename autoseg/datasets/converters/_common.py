@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.io.images import Geometry, image_suffix, read_sitk, write_image
-from autoseg.io.json_io import publish
+from autoseg.io.json_io import atomic_path
 
 NNUNET_ENDING = ".nii.gz"
 
@@ -73,16 +71,8 @@ def copy_as_nifti(src: Path, dst: Path) -> None:
     if image_suffix(src) != NNUNET_ENDING or dim != 3:
         write_sitk(read_3d(src), dst)
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        publish(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def as_label_image(seg: sitk.Image, image: sitk.Image, seg_path: Path, allowed: tuple[int, ...]) -> sitk.Image:

@@ -44,6 +44,11 @@ class ConstantLogits(nn.Module):
         return self.logits.reshape(1, -1, *[1] * (x.ndim - 2)).expand(x.shape[0], -1, *x.shape[2:])
 
 
+def fp32_settings(*args, **kw) -> SlidingWindowSettings:
+    """Float32 settings: these tests check the blending arithmetic exactly (test_precision covers bf16)."""
+    return SlidingWindowSettings(*args, amp="off", **kw)
+
+
 def test_window_starts_hand_values():
     assert window_starts(10, 4, 0.5) == [0, 2, 4, 6]
     assert window_starts(11, 4, 0.5) == [0, 2, 4, 5, 7]  # spacing 1.75 rounded, last flush with the end
@@ -80,7 +85,7 @@ def test_gaussian_matches_formula():
 def test_one_patch_case_is_the_network_output():
     x = torch.randn(1, 1, 8, 8, 8)
     net = nn.Conv3d(1, 3, 3, padding=1)
-    p = predict_sliding_window([net], x[0].numpy(), 3, SlidingWindowSettings([8, 8, 8], mirror=False))
+    p = predict_sliding_window([net], x[0].numpy(), 3, fp32_settings([8, 8, 8], mirror=False))
     with torch.no_grad():
         expected = torch.softmax(net(x), 1)[0]
     torch.testing.assert_close(p, expected, atol=1e-6, rtol=1e-5)
@@ -91,7 +96,7 @@ def test_blending_equals_direct_gaussian_weighting():
     data = rng.normal(size=(1, 6, 12, 10)).astype(np.float32)
     patch = (4, 8, 6)
     net = MeanLogit()
-    out = predict_sliding_window([net], data, 3, SlidingWindowSettings(list(patch), step=0.5, mirror=False))
+    out = predict_sliding_window([net], data, 3, fp32_settings(list(patch), step=0.5, mirror=False))
     assert net.deep_supervision is True  # restored after prediction
     g = gaussian_importance_map(patch)
     num = np.zeros((3,) + data.shape[1:])
@@ -110,7 +115,7 @@ def test_blending_equals_direct_gaussian_weighting():
 def test_small_image_is_padded_and_cropped_back():
     data = np.random.default_rng(1).normal(size=(1, 3, 5, 6)).astype(np.float32)
     net = nn.Conv3d(1, 2, 3, padding=1)
-    out = predict_sliding_window([net], data, 2, SlidingWindowSettings([4, 8, 8], mirror=False))
+    out = predict_sliding_window([net], data, 2, fp32_settings([4, 8, 8], mirror=False))
     assert out.shape == (2, 3, 5, 6)
     padded = np.zeros((1, 1, 4, 8, 8), np.float32)
     padded[0, :, 0:3, 1:6, 1:7] = data  # symmetric padding: before = pad // 2
@@ -123,8 +128,8 @@ def test_mirror_symmetric_model_is_unchanged_by_tta():
     data = np.random.default_rng(2).normal(size=(2, 6, 10, 12)).astype(np.float32)
     net = nn.Conv3d(2, 3, 1)  # a 1x1 conv commutes with every flip
     s = dict(patch_size=[4, 8, 8], step=0.5)
-    with_tta = predict_sliding_window([net], data, 3, SlidingWindowSettings(**s, mirror=True))
-    without = predict_sliding_window([net], data, 3, SlidingWindowSettings(**s, mirror=False))
+    with_tta = predict_sliding_window([net], data, 3, fp32_settings(**s, mirror=True))
+    without = predict_sliding_window([net], data, 3, fp32_settings(**s, mirror=False))
     torch.testing.assert_close(with_tta, without, atol=1e-6, rtol=1e-5)
 
 
@@ -133,7 +138,7 @@ def test_tta_averages_flipped_back_logits():
     torch.manual_seed(0)
     net = nn.Conv3d(1, 2, 3, padding=1)
     x = torch.randn(1, 1, 4, 4, 4)
-    out = predict_sliding_window([net], x[0].numpy(), 2, SlidingWindowSettings([4, 4, 4], mirror=True))
+    out = predict_sliding_window([net], x[0].numpy(), 2, fp32_settings([4, 4, 4], mirror=True))
     with torch.no_grad():
         logits = sum(torch.flip(net(torch.flip(x, [2 + a for a in c])), [2 + a for a in c]) for c in mirror_combinations(3)) / 8
         plain = torch.softmax(net(x), 1)[0]
@@ -144,7 +149,7 @@ def test_tta_averages_flipped_back_logits():
 def test_2d_configuration_predicts_slice_by_slice():
     data = np.random.default_rng(3).normal(size=(1, 5, 8, 8)).astype(np.float32)
     net = nn.Conv2d(1, 3, 3, padding=1)
-    out = predict_sliding_window([net], data, 3, SlidingWindowSettings([8, 8], mirror=False, batch_size=3))
+    out = predict_sliding_window([net], data, 3, fp32_settings([8, 8], mirror=False, batch_size=3))
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(data).permute(1, 0, 2, 3)), 1).permute(1, 0, 2, 3)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
@@ -154,14 +159,14 @@ def test_fold_ensembles_mean_of_logits_and_weighted_probabilities():
     a, b = [2.0, 0.0, -1.0], [-1.0, 1.0, 0.5]
     nets = [ConstantLogits(a), ConstantLogits(b)]
     data = np.zeros((1, 4, 4, 4), np.float32)
-    mean = predict_sliding_window(nets, data, 3, SlidingWindowSettings([4, 4, 4]))
+    mean = predict_sliding_window(nets, data, 3, fp32_settings([4, 4, 4]))
     expected_mean = torch.softmax(torch.tensor([0.5, 0.5, -0.25]), 0)
     torch.testing.assert_close(mean[:, 0, 0, 0], expected_mean)
-    weighted = predict_sliding_window(nets, data, 3, SlidingWindowSettings([4, 4, 4], ensemble="weighted", weights=[3, 1]))
+    weighted = predict_sliding_window(nets, data, 3, fp32_settings([4, 4, 4], ensemble="weighted", weights=[3, 1]))
     expected_w = 0.75 * torch.softmax(torch.tensor(a), 0) + 0.25 * torch.softmax(torch.tensor(b), 0)
     torch.testing.assert_close(weighted[:, 2, 1, 3], expected_w)
     with pytest.raises(AutosegError):
-        predict_sliding_window(nets, data, 3, SlidingWindowSettings([4, 4, 4], ensemble="weighted", weights=[1, 2, 3]))
+        predict_sliding_window(nets, data, 3, fp32_settings([4, 4, 4], ensemble="weighted", weights=[1, 2, 3]))
 
 
 def test_accumulator_goes_half_precision_only_when_large():
@@ -174,7 +179,7 @@ def test_uncertainty_collector_variance_and_pass_volumes():
     nets = [ConstantLogits([math.log(9), 0.0, -30.0]), ConstantLogits([0.0, -30.0, math.log(9)])]
     data = np.zeros((1, 6, 7, 9), np.float32)
     hook = UncertaintyCollector(3)
-    probs = predict_sliding_window(nets, data, 3, SlidingWindowSettings([4, 4, 4], mirror=False, ensemble="weighted",
+    probs = predict_sliding_window(nets, data, 3, fp32_settings([4, 4, 4], mirror=False, ensemble="weighted",
                                                                          weights=[1, 1]), hook)
     var = hook.variance[hook.valid]
     assert var.shape == (6, 7, 9)

@@ -42,6 +42,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: every fold with a checkpoint)")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final", help="checkpoint file per fold (default final)")
     p.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None, help="default: best available")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision: auto = on CUDA, and bfloat16 on CPUs with native bf16 (avx512_bf16/amx)")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch (default 0.5)")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (2^d times faster)")
     p.add_argument("--ensemble", choices=["mean", "weighted"], default="mean",
@@ -70,7 +72,7 @@ def run_predict(a: argparse.Namespace) -> int:
 
     if a.weights and a.ensemble != "weighted":
         raise AutosegError("--weights needs --ensemble weighted")
-    options = PredictOptions(step=a.step, mirror=not a.no_tta, ensemble=a.ensemble, weights=a.weights,
+    options = PredictOptions(step=a.step, amp=a.amp, mirror=not a.no_tta, ensemble=a.ensemble, weights=a.weights,
                              device=resolve_device(a.device), save_probabilities=a.save_probabilities, uncertainty=a.uncertainty,
                              postprocess=not a.no_postprocessing, overwrite=a.overwrite, num_export_workers=a.num_processes,
                              num_parts=a.num_parts, part_id=a.part_id, memory_gb=a.memory_gb,

@@ -55,6 +55,7 @@ class PredictOptions:
     ensemble: str = "mean"
     weights: list[float] | None = None
     device: str = "cpu"
+    amp: str = "auto"
     save_probabilities: bool = False
     uncertainty: bool = False
     postprocess: bool = True
@@ -109,7 +110,7 @@ class Predictor:
         dim = len(model.patch_size)
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,
-            weights=options.weights, device=options.device, amp=True,
+            weights=options.weights, device=options.device, amp=options.amp,
             batch_size=1 if dim == 3 else max(1, min(model.config.batch_size, 16)))
 
     def preprocess(self, data: np.ndarray, geometry: Geometry, case_id: str) -> tuple[np.ndarray, CaseProperties]:

@@ -29,7 +29,6 @@ clipping zeros keeps the weight sum positive everywhere, so no voxel is divided 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import AutosegError
+from autoseg.networks.precision import amp_dtype, autocast
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class SlidingWindowSettings:
     weights: Sequence[float] | None = None
     batch_size: int = 1
     device: str = "cpu"
-    amp: bool = True
+    amp: str | bool = "auto"
 
     @property
     def window(self) -> list[int]:
@@ -179,11 +179,8 @@ def _batches(items: Sequence[Window], n: int) -> Iterator[Sequence[Window]]:
         yield items[i:i + max(1, n)]
 
 
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, amp: str | bool):
+    return autocast(device.type, amp_dtype(device.type, amp))
 
 
 def normalized_weights(weights: Sequence[float] | None, n: int, what: str = "input") -> list[float]:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from autoseg.errors import AutosegError
 from autoseg.networks.builder import build_network
+from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast
 from autoseg.planners.plans import ConfigurationPlan
 from autoseg.trainers import distributed as dist_utils
 from autoseg.trainers.augmentation import (build_train_transforms_from_settings, build_val_transforms,
@@ -96,6 +97,11 @@ class _Stop:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def _as_float(out):
+    """Network output(s) in float32 (autocast leaves them in bfloat16/float16) for softmax and the loss."""
+    return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+
 def _to(batch: dict, device: torch.device):
     data = batch["data"].to(device, non_blocking=True)
     tgt = batch["target"]
@@ -117,7 +123,8 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
         log.info("pretrained %s: loaded %d tensors, kept %d initialised (name/shape mismatch): %s",
                  cfg.pretrained, len(loaded), len(skipped), ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
     optimizer = make_optimizer(cfg, network.parameters())
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    amp_dtype = resolve_amp_dtype(device.type, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     n_heads = topo.n_stages - 1 if cfg.deep_supervision else 1
     ds_scales = deep_supervision_scales(topo.strides, n_heads) if cfg.deep_supervision else None
     loss_fn = build_loss(cfg.loss, cfg.num_classes, config.batch_dice, cfg.class_weights, n_heads)
@@ -150,7 +157,6 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                                     seed, rank=ctx.rank, pin_memory=device.type == "cuda")
     val_loader = BackgroundLoader(val_factory, build_val_transforms(ds_scales), max(0, min(1, cfg.num_workers)),
                                   seed + 10**6, rank=ctx.rank, pin_memory=device.type == "cuda")
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     epoch = start_epoch
 
     def save(name: str, ep: int) -> None:
@@ -174,8 +180,9 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                 for _ in bar:
                     data, tgt = _to(next(train_loader), device)
                     optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=scaler is not None):
-                        loss = loss_fn(model(data), tgt)
+                    with autocast(device.type, amp_dtype):
+                        out = model(data)
+                    loss = loss_fn(_as_float(out), tgt)
                     if scaler is not None:
                         scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
@@ -193,9 +200,9 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                 with torch.no_grad():
                     for _ in range(cfg.val_iters):
                         data, tgt = _to(next(val_loader), device)
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=scaler is not None):
-                            out = model(data)
-                            val_losses.append(loss_fn(out, tgt).item())
+                        with autocast(device.type, amp_dtype):
+                            out = _as_float(model(data))
+                        val_losses.append(loss_fn(out, tgt).item())
                         top = out[0] if isinstance(out, (list, tuple)) else out
                         counts += confusion_counts(top.float(), tgt[0] if isinstance(tgt, list) else tgt, cfg.num_classes)
                 counts = dist_utils.all_reduce_sum(counts, device)

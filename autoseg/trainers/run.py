@@ -41,6 +41,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-iters", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
     p.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None, help="default: best available")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision: auto = on CUDA, and bfloat16 on CPUs with native bf16 (avx512_bf16/amx)")
     p.add_argument("--network", choices=["unet", "resenc", "vnet"], default="unet")
     p.add_argument("--loss", default="dice_ce", choices=["dice_ce", "soft_dice", "gdl", "focal", "gdl_focal", "balanced_ce"])
     p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2)")
@@ -107,7 +109,7 @@ def run(a: argparse.Namespace) -> int:
             optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
             epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters,
             batch_size=a.batch_size or config.batch_size, patch_size=list(config.patch_size), seed=a.seed,
-            num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=device == "cuda",
+            num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
             num_input_channels=in_channels, num_classes=len(info.labels),
             checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=config.previous_stage)
         out = paths.fold_dir(name, a.configuration, fold)
@@ -120,5 +122,5 @@ def run(a: argparse.Namespace) -> int:
         train_fold(cfg, config, data_folder, out, train_ids, val_ids, restart=a.restart)
         if not a.no_validation and dist_utils.context().is_main:
             from autoseg.trainers.validation import validate_fold
-            validate_fold(name, a.configuration, fold, val_ids, device)
+            validate_fold(name, a.configuration, fold, val_ids, device, amp=a.amp)
     return 0

@@ -33,7 +33,7 @@ class TrainingConfig:
     seed: int = 12345
     num_workers: int = 2
     device: str = "cpu"
-    amp: bool = False
+    amp: str = "auto"
     deep_supervision: bool = True
     num_input_channels: int = 1
     num_classes: int = 3

@@ -18,7 +18,7 @@ from autoseg.inference.model import TrainedModel
 from autoseg.inference.predictor import PredictOptions, predict_cases
 
 
-def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str], device: str) -> dict:
+def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str], device: str, amp: str = "auto") -> dict:
     """Predict and evaluate ``val_ids`` with this fold's final checkpoint; returns the summary."""
     raw = paths.raw_dataset_dir(dataset)
     info = load_dataset_info(raw)
@@ -29,7 +29,7 @@ def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str
     previous = None
     if model.config.previous_stage:
         previous = TrainedModel(paths.results_dataset_dir(dataset), model.config.previous_stage, folds=[fold])
-    options = PredictOptions(device=device, save_probabilities=True, postprocess=False, overwrite=True)
+    options = PredictOptions(device=device, amp=amp, save_probabilities=True, postprocess=False, overwrite=True)
     summary = predict_cases(model, cases, out, options, previous=previous)
     if summary.failed:
         print(summary.text())

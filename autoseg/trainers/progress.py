@@ -22,7 +22,7 @@ class ProgressLog:
             self.history[k].append(values.get(k))
         pc = values.get("pseudo_dice_per_class") or []
         line = (f"epoch {epoch}: train_loss {values['train_loss']:.4f}  val_loss {values['val_loss']:.4f}  "
-                f"pseudo_dice {[round(d, 4) for d in pc]}  ema {values['ema_pseudo_dice']:.4f}  "
+                f"pseudo_dice {[round(d, 4) if d is not None else math.nan for d in pc]}  ema {values['ema_pseudo_dice']:.4f}  "
                 f"lr {values['lr']:.2e}  {values['epoch_time_s']:.1f}s")
         with open(self.folder / "training_log.txt", "a") as f:
             f.write(line + "\n")

@@ -15,7 +15,8 @@ depend on the weights' values, only on the network's size, which is the same).
 
 Two inputs are predicted by each tool, in a fresh process tree with the output folder deleted:
 
-* ``small``: the dataset's 3 held-out test cases (about 96 x 192 x 192 voxels each);
+* ``small``: the first ``--small-cases`` (default 1) of the dataset's held-out test cases
+  (about 96 x 192 x 192 voxels each);
 * ``large``: one synthetic abdominal CT of 512 x 512 x ``--large-slices`` voxels at
   ``--large-spacing`` (z y x, mm), flipped direction and non-zero origin.
 
@@ -74,6 +75,17 @@ def make_large_case(folder: Path, slices: int, spacing_zyx: tuple[float, float, 
     return folder
 
 
+def small_input(images: Path, folder: Path, n: int) -> Path:
+    """``folder`` with the first ``n`` held-out test images (copied once)."""
+    files = sorted(images.glob("*_0000.nii.gz"))[:n]
+    if sorted(p.name for p in folder.glob("*_0000.nii.gz")) != [p.name for p in files]:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, folder / f.name)
+    return folder
+
+
 def predict(b: Bench, tool: str, inp: Path, out: Path, step: float, np_: int, tag: str):
     shutil.rmtree(out, ignore_errors=True)
     if tool == "nnU-Net":
@@ -122,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-np", dest="np_", type=int, default=1, help="preprocessing/export workers of both tools (default 1)")
     p.add_argument("--large-slices", type=int, default=300, help="slices of the 512 x 512 case (0: skip it)")
     p.add_argument("--large-spacing", type=float, nargs=3, default=[1.5, 0.8, 0.8], metavar=("Z", "Y", "X"))
+    p.add_argument("--small-cases", type=int, default=1, help="how many of the held-out test cases form 'small' (default 1)")
     p.add_argument("--inputs", nargs="+", default=["small", "large"], choices=["small", "large"])
     p.add_argument("--repeats", type=int, default=1)
     a = p.parse_args(argv)
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare(b, a)
     compare_plans(b)
     ensure_checkpoints(b)
-    inputs = {"small": b.raw / "imagesTs"}
+    inputs = {"small": small_input(b.raw / "imagesTs", b.workdir / f"predict_small_{a.small_cases}", a.small_cases)}
     if "large" in a.inputs and a.large_slices > 0:
         inputs["large"] = make_large_case(b.workdir / "predict_large", a.large_slices, tuple(a.large_spacing), a.seed)
     inputs = {k: v for k, v in inputs.items() if k in a.inputs}

@@ -122,7 +122,7 @@ COMMANDS: list[Command] = [
      "autoseg find_best_configuration -d Liver", *_lazy("autoseg.evaluation.model_selection", "configure", "run")),
     ("report", "write a self-contained HTML report with overlays and clinical numbers",
      "autoseg report -i images/ -p masks/ -o report.html", *_lazy("autoseg.evaluation.commands", "configure_report", "run_report")),
-    ("demo", "run the whole pipeline on built-in synthetic data (about 15 min on 2 CPU cores)", "autoseg demo",
+    ("demo", "run the whole pipeline on built-in synthetic data (5-9 min on 2 CPU cores)", "autoseg demo",
      *_lazy("autoseg.demo", "configure", "run")),
 ]
 

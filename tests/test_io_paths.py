@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from autoseg import paths
 from autoseg.errors import AutosegError
-from autoseg.io.images import Geometry, read_case, read_image, write_image
+from autoseg.io.images import Geometry, read_case, read_header, read_image, read_label, read_volume, write_image
 from autoseg.io.json_io import dataclass_from_dict, load_json, save_json
 from autoseg.planners.plans import NetworkTopology
 
@@ -29,6 +30,33 @@ def test_read_case_rejects_nan_and_corrupt(tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(b"not an image at all")
     with pytest.raises(AutosegError, match="bad.nii.gz"):
         read_case([tmp_path / "bad.nii.gz"])
+
+
+def test_label_and_volume_readers_keep_the_stored_type(tmp_path):
+    g = Geometry([2, 3, 4], [2.0, 0.5, 0.5], [1.0, 2.0, 3.0])
+    lab = (np.arange(24).reshape(2, 3, 4) % 3).astype(np.uint8)
+    write_image(lab, g, tmp_path / "lab.nii.gz")
+    arr, g2 = read_label(tmp_path / "lab.nii.gz")
+    assert arr.dtype == np.uint8 and np.array_equal(arr, lab) and g.matches(g2, tol=1e-6) is None
+    write_image(lab.astype(np.float64) / 2, g, tmp_path / "half.nii.gz")
+    assert read_label(tmp_path / "half.nii.gz")[0].dtype == np.float32  # non-integer types become float32
+    assert read_volume(tmp_path / "lab.nii.gz")[0].dtype == np.uint8
+
+
+def test_read_volume_reduces_a_single_volume_4d_image_and_refuses_multi_volume(tmp_path):
+    vol = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))  # (z, y, x)
+    one = sitk.JoinSeries([vol])  # 4D, size (x, y, z, t) = (4, 3, 2, 1)
+    sitk.WriteImage(one, str(tmp_path / "one.mha"))  # MHA keeps the 4th axis; NIfTI would drop it
+    assert read_header(tmp_path / "one.mha") == (4, [4, 3, 2, 1])
+    arr, g = read_volume(tmp_path / "one.mha")
+    assert arr.dtype == np.int16 and arr.shape == (2, 3, 4) and g.shape_zyx == [2, 3, 4]
+    two = sitk.JoinSeries([vol, vol])
+    sitk.WriteImage(two, str(tmp_path / "two.nii.gz"))
+    with pytest.raises(AutosegError, match="two.nii.gz: 4D image"):
+        read_volume(tmp_path / "two.nii.gz")
+    (tmp_path / "bad.nrrd").write_bytes(b"junk")
+    with pytest.raises(AutosegError, match="bad.nrrd: cannot read image header"):
+        read_header(tmp_path / "bad.nrrd")
 
 
 def test_json_dataclass_round_trip(tmp_path):

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoseg.datasets.layout import CaseFiles, DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
-from autoseg.io.images import Geometry, read_case, read_image, read_sitk
+from autoseg.io.images import read_case, read_label
 from autoseg.io.json_io import load_dataclass, save_json
 
 SAMPLE_BUDGET = 2_000_000
@@ -76,21 +75,6 @@ class DatasetFingerprint:
         return load_dataclass(cls, path)
 
 
-def _read_label(path: Path) -> tuple[np.ndarray, Geometry]:
-    """A label map (Z, Y, X) in its stored type when that is an integer type, else float32.
-
-    A uint8 file stays uint8: a quarter of the float32 array :func:`read_image` would make.
-    2D and multi-component files go through :func:`read_image`.
-    """
-    img = read_sitk(path)
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        return read_image(path, dtype=np.float32)
-    arr = sitk.GetArrayFromImage(img)
-    geom = Geometry.from_sitk(img)
-    del img
-    return (arr if arr.dtype.kind in "iub" else arr.astype(np.float32, copy=False)), geom
-
-
 def label_values(seg: np.ndarray, path: Path) -> list[int]:
     """Sorted distinct values of a label map (any real dtype), checked one z-slice at a time.
 
@@ -116,7 +100,7 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     """Check one case and return its fingerprint and foreground samples (C, n)."""
     data, geom = read_case(case.images)
     assert case.label is not None
-    seg, lgeom = _read_label(case.label)
+    seg, lgeom = read_label(case.label)
     if (diff := geom.matches(lgeom)) is not None:
         raise AutosegError(f"{case.label}: label grid differs from image {case.images[0].name} ({diff}); resample the label onto the image grid")
     present = label_values(seg, case.label)

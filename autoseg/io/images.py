@@ -84,21 +84,64 @@ def read_sitk(path: Path | str) -> sitk.Image:
         raise AutosegError(f"{path}: cannot read image, the file is corrupt or not an image ({reason}); replace it") from None
 
 
-def read_image(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Geometry]:
-    """Read one image as a (Z, Y, X) array and its geometry.
-
-    Multi-component pixels (RGB PNG) are reduced to their first component. A directory is
-    read as a DICOM series.
-    """
-    img = read_sitk(path)
+def _as_zyx(img: sitk.Image, path: Path | str) -> np.ndarray:
+    """(Z, Y, X) voxels of a 2D or 3D image in its stored pixel type (first component only)."""
     if img.GetNumberOfComponentsPerPixel() > 1:
         img = sitk.VectorIndexSelectionCast(img, 0)
     arr = sitk.GetArrayFromImage(img)
     if img.GetDimension() == 2:
-        arr = arr[None]
-    elif img.GetDimension() != 3:
+        return arr[None]
+    if img.GetDimension() != 3:
         raise AutosegError(f"{path}: {img.GetDimension()}D image; autoseg reads 2D and 3D images (one channel per file)")
-    return arr.astype(dtype, copy=False), Geometry.from_sitk(img)
+    return arr
+
+
+def read_image(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Geometry]:
+    """Read one image as a (Z, Y, X) array and its geometry.
+
+    Multi-component pixels (RGB PNG) are reduced to their first component. A directory is
+    read as a DICOM series. ``dtype=None`` keeps the stored pixel type.
+    """
+    img = read_sitk(path)
+    arr = _as_zyx(img, path)
+    return (arr if dtype is None else arr.astype(dtype, copy=False)), Geometry.from_sitk(img)
+
+
+def read_label(path: Path | str) -> tuple[np.ndarray, Geometry]:
+    """A label map (Z, Y, X) in its stored type when that is an integer type, else float32.
+
+    A uint8 file stays uint8: a quarter of the float32 array :func:`read_image` would make.
+    """
+    arr, geom = read_image(path, dtype=None)
+    return (arr if arr.dtype.kind in "iub" else arr.astype(np.float32, copy=False)), geom
+
+
+def read_header(path: Path | str) -> tuple[int, list[int]]:
+    """(dimension, size in X, Y, Z[, T] order) from the header alone, without reading voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise AutosegError(f"{path}: cannot read image header, the file is corrupt or not an image; replace it") from None
+    return reader.GetDimension(), list(reader.GetSize())
+
+
+def read_volume(path: Path | str) -> tuple[np.ndarray, Geometry]:
+    """One single-channel 3D image as (Z, Y, X) in its stored pixel type, with its geometry.
+
+    A 4D image holding one volume is reduced to 3D; 4D multi-volume (multi-modal) images, 2D
+    images and multi-component pixels are refused with a message naming ``path``.
+    """
+    img = read_sitk(path)
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+    if img.GetDimension() != 3:
+        raise AutosegError(f"{path}: {img.GetDimension()}D image of size {list(img.GetSize())}; "
+                           "only single-channel 3D images can be converted, split channels first")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise AutosegError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; give greyscale 3D images")
+    return sitk.GetArrayFromImage(img), Geometry.from_sitk(img)
 
 
 def read_case(paths: Sequence[Path | str]) -> tuple[np.ndarray, Geometry]:

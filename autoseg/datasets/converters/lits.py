@@ -16,9 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autoseg.datasets.converters._common import NNUNET_ENDING, as_label_image, is_hidden, read_3d, require_folder, write_sitk
+from autoseg.datasets.converters._common import NNUNET_ENDING, is_hidden, label_on_image_grid, require_folder
 from autoseg.datasets.layout import DatasetInfo, save_dataset_info
 from autoseg.errors import AutosegError
+from autoseg.io.images import read_volume, write_image
 
 LITS_LABELS = {"background": 0, "liver": 1, "tumor": 2}
 _PATTERNS = {"volume": re.compile(r"^volume-(\d+)\.nii(\.gz)?$", re.I),
@@ -64,12 +65,15 @@ def convert_lits(src: Path, out_dir: Path) -> DatasetInfo:
     jobs = [(n, False) for n in sorted(vols)] + [(n, True) for n in sorted(found["test"])]
     for n, is_test in tqdm(jobs, desc="LiTS cases", unit="case"):
         if is_test:
-            write_sitk(read_3d(found["test"][n]), out_dir / "imagesTs" / f"lits_test_{n}_0000{NNUNET_ENDING}")
+            write_image(*read_volume(found["test"][n]), out_dir / "imagesTs" / f"lits_test_{n}_0000{NNUNET_ENDING}")
             continue
-        image = read_3d(vols[n])
-        label = as_label_image(read_3d(segs[n]), image, segs[n], tuple(LITS_LABELS.values()))
-        write_sitk(image, out_dir / "imagesTr" / f"lits_{n}_0000{NNUNET_ENDING}")
-        write_sitk(label, out_dir / "labelsTr" / f"lits_{n}{NNUNET_ENDING}")
+        image, geometry = read_volume(vols[n])
+        seg, seg_geometry = read_volume(segs[n])
+        label = label_on_image_grid(seg, seg_geometry, geometry, segs[n], tuple(LITS_LABELS.values()))
+        del seg
+        write_image(image, geometry, out_dir / "imagesTr" / f"lits_{n}_0000{NNUNET_ENDING}")
+        del image
+        write_image(label, geometry, out_dir / "labelsTr" / f"lits_{n}{NNUNET_ENDING}")
     info = DatasetInfo(name="LiTS", channel_names={"0": "CT"}, labels=dict(LITS_LABELS), numTraining=len(vols),
                        file_ending=NNUNET_ENDING, description=f"converted from LiTS ({src})")
     save_dataset_info(info, out_dir)

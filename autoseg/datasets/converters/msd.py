@@ -16,11 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autoseg.datasets.converters._common import (NNUNET_ENDING, copy_as_nifti, header_dimension, is_hidden,
-                                                  natural_key, require_folder)
+from autoseg.datasets.converters._common import NNUNET_ENDING, copy_as_nifti, is_hidden, natural_key, require_folder
 from autoseg.datasets.layout import DatasetInfo, save_dataset_info
 from autoseg.errors import AutosegError
-from autoseg.io.images import IMAGE_SUFFIXES, image_suffix
+from autoseg.io.images import IMAGE_SUFFIXES, image_suffix, read_header
 from autoseg.io.json_io import load_json
 
 
@@ -46,7 +45,7 @@ def _case_id(path: Path) -> str:
 
 
 def _check_single_channel(path: Path) -> None:
-    dim, size = header_dimension(path)
+    dim, size = read_header(path)
     if dim == 4 and size[3] > 1:
         raise AutosegError(f"{path}: 4D image with {size[3]} volumes (multi-modal MSD task); "
                            "only single-channel tasks such as Task03_Liver can be converted")

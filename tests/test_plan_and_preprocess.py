@@ -106,6 +106,10 @@ def test_integrity_dataset_json(dataset, autoseg_env, capsys):
     dj["dataset"] = {"x": {"images": ["../../etc/passwd"], "label": "labelsTr/case_000.nii.gz"}}
     (dataset / "dataset.json").write_text(json.dumps(dj))
     _expect_error(capsys, "outside the dataset folder", autoseg_env)
+    del dj["dataset"]
+    dj["labels"]["vessel"] = 200  # would wrap in the int8 label store
+    (dataset / "dataset.json").write_text(json.dumps(dj))
+    _expect_error(capsys, "label value(s) [200] outside 0..127", autoseg_env)
 
 
 def test_integrity_wrong_channel_count_and_empty(dataset, autoseg_env, capsys):

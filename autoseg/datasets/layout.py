@@ -21,6 +21,7 @@ from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_json, save_json
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+MAX_LABEL = 127  # label maps are stored as int8 after preprocessing
 
 
 @dataclass
@@ -87,6 +88,9 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
         raise AutosegError(f"{path}: 'labels' must map names to integers, e.g. {{\"background\": 0, \"liver\": 1}}") from None
     if 0 not in labels.values():
         raise AutosegError(f"{path}: 'labels' must declare background as 0")
+    out_of_range = sorted(v for v in labels.values() if not 0 <= v <= MAX_LABEL)
+    if out_of_range:  # preprocessed label maps are stored as int8
+        raise AutosegError(f"{path}: label value(s) {out_of_range} outside 0..{MAX_LABEL}; renumber the labels (files and dataset.json)")
     if not isinstance(data["channel_names"], dict) or not data["channel_names"]:
         raise AutosegError(f"{path}: 'channel_names' must be a non-empty object like {{\"0\": \"CT\"}}")
     return DatasetInfo(name=str(data.get("name", Path(folder).name)), channel_names={str(k): str(v) for k, v in data["channel_names"].items()},

@@ -105,12 +105,9 @@ def find_best_configuration(dataset: str | None, folds: list[int] | None = None,
     rules = determine_postprocessing(ref, candidates[best["name"]], labels, rules_json=rules_target, num_workers=num_workers)
     is_ens = best["name"].startswith("ensemble__")
     members = best["name"].split("__")[1:] if is_ens else [best["name"]]
-    if is_ens:
-        cmd = " && ".join(f"autoseg predict -d {name} -c {m} -i IN -o OUT_{m} --save-probabilities" for m in members) + \
-              f" && autoseg ensemble -i {' '.join('OUT_' + m for m in members)} -o OUT"
-    else:
-        cmd = f"autoseg predict -d {name} -c {best['name']} -i IN -o OUT"
-    result = {"configuration": members[0] if not is_ens else members[0], "ensemble": members if is_ens else None,
+    # predict without -c reads this file and runs the ensemble's members, averages them, applies its rules
+    cmd = f"autoseg predict -d {name} -i IN -o OUT" if is_ens else f"autoseg predict -d {name} -c {best['name']} -i IN -o OUT"
+    result = {"configuration": members[0], "ensemble": members if is_ens else None,
               "folds": folds, "mean_foreground_dice": best["mean_foreground_dice"], "postprocessing": rules_target.name and str(rules_target),
               "postprocessing_rules": {"keep_largest_foreground": rules.keep_largest_foreground,
                                        "keep_largest_for_labels": rules.keep_largest_for_labels},

@@ -38,7 +38,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder for the masks (<case> + the input's ending)")
     p.add_argument("-d", "--dataset", default=None, help="dataset (name, id, DatasetNNN_Name); optional when only one is trained")
     p.add_argument("-c", "--configuration", default=None,
-                   help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres (default: best_configuration.json, else 3d_fullres)")
+                   help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres (default: what find_best_configuration chose, "
+                        "an ensemble of configurations included; else 3d_fullres)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: every fold with a checkpoint)")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final", help="checkpoint file per fold (default final)")
     p.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None, help="default: best available")
@@ -67,7 +68,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
 
 def run_predict(a: argparse.Namespace) -> int:
     from autoseg.inference.inputs import discover_cases
-    from autoseg.inference.model import TrainedModel, default_configuration, extract_model
+    from autoseg.inference.ensemble import predict_ensemble
+    from autoseg.inference.model import TrainedModel, default_configurations, extract_model
     from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases, resolve_device
 
     if a.weights and a.ensemble != "weighted":
@@ -83,16 +85,22 @@ def run_predict(a: argparse.Namespace) -> int:
             dataset_dir = mp if mp.is_dir() else extract_model(mp, stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg_model_")))
         else:
             dataset_dir = results_dataset(a.dataset)
-        conf = a.configuration or default_configuration(dataset_dir)
-        model = TrainedModel(dataset_dir, conf, _folds(a.folds), a.checkpoint)
-        previous = None
-        if model.config.previous_stage and options.prev_stage_dir is None:
-            previous = TrainedModel(dataset_dir, model.config.previous_stage, None, a.checkpoint)
+        confs = [a.configuration] if a.configuration else default_configurations(dataset_dir)
+        model = TrainedModel(dataset_dir, confs[0], _folds(a.folds), a.checkpoint)
         cases, problems = discover_cases(a.input, model.num_image_channels)
         tta = "mirroring TTA" if options.mirror else "no TTA"
-        print(f"{dataset_dir.name} {conf}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
-              f"{options.device}; {len(cases)} case(s) found")
-        summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()
+        if len(confs) > 1:
+            print(f"{dataset_dir.name}: ensemble of {' + '.join(confs)} (chosen by find_best_configuration; -c picks one), "
+                  f"{tta}, {options.device}; {len(cases)} case(s) found")
+            summary = predict_ensemble(dataset_dir, confs, cases, a.output, options, _folds(a.folds), a.checkpoint) \
+                if cases else PredictSummary()
+        else:
+            previous = None
+            if model.config.previous_stage and options.prev_stage_dir is None:
+                previous = TrainedModel(dataset_dir, model.config.previous_stage, None, a.checkpoint)
+            print(f"{dataset_dir.name} {confs[0]}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
+                  f"{options.device}; {len(cases)} case(s) found")
+            summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()
     for line in problems:
         summary.failed[line.split(":", 1)[0]] = line
     print(summary.text())

@@ -1,4 +1,5 @@
-"""``autoseg ensemble``: combine the saved probabilities of several predictions.
+"""``autoseg ensemble``: combine the saved probabilities of several predictions; and
+``autoseg predict`` with the ensemble of configurations that model selection chose.
 
 ``autoseg ensemble -i DIR1 DIR2 ... -o OUT [--weights w1 w2 ...]`` combines the saved
 probabilities (``<case>_probabilities.npz`` from ``predict --save-probabilities``) of
@@ -10,8 +11,11 @@ argmax), so memory is the inputs' float16 arrays plus two float32 volumes.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing
+from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
 from autoseg.inference.export import ProbabilityInfo, load_probabilities, write_probabilities
+from autoseg.inference.inputs import InputCase
+from autoseg.inference.model import TrainedModel, ensemble_rules_file
+from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, predict_cases, select_part
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import write_image
 
@@ -110,3 +117,58 @@ def _check_compatible(case: str, folders: Sequence[Path], probs: Sequence[np.nda
             raise AutosegError(f"{f}: {case} labels {info.labels} differ from {folders[0]} ({infos[0].labels})")
         if (diff := infos[0].geometry.matches(info.geometry)) is not None:
             raise AutosegError(f"{f}: {case} geometry differs from {folders[0]} ({diff}); ensemble predictions of the same images")
+
+
+def predict_ensemble(dataset_dir: Path, configurations: Sequence[str], cases: Sequence[InputCase], out_dir: Path | str,
+                     options: PredictOptions, folds: Sequence[str] | None = None, checkpoint: str = "final") -> PredictSummary:
+    """Predict ``cases`` with every configuration, average their probabilities (equal weights, as
+    model selection scored the ensemble) and write the argmax masks into ``out_dir``.
+
+    ``autoseg predict`` does this when ``best_configuration.json`` chose an ensemble and no
+    ``-c`` is given. The members write probabilities into a hidden work folder inside ``out_dir``,
+    removed at the end; the ensemble's own postprocessing rules (chosen on its cross-validation
+    predictions) are applied to the averaged masks. ``--uncertainty`` maps land per member in
+    ``out_dir/uncertainty/<configuration>/``. Cases whose output exists are skipped unless
+    ``options.overwrite``; a case that fails in any member is reported once, as failed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    todo = []
+    for c in select_part(cases, options.num_parts, options.part_id):
+        if (out_dir / c.output_name).is_file() and not options.overwrite:
+            summary.skipped.append(c.case_id)
+        else:
+            todo.append(c)
+    if not todo:
+        return summary
+    member_options = replace(options, save_probabilities=True, postprocess=False, overwrite=True, num_parts=1, part_id=0)
+    rules_file = ensemble_rules_file(dataset_dir, configurations)
+    rules = load_rules(rules_file) if options.postprocess and rules_file.is_file() else None
+    work = Path(tempfile.mkdtemp(prefix=".autoseg_members_", dir=out_dir))
+    try:
+        folders = []
+        for conf in configurations:
+            model = TrainedModel(dataset_dir, conf, folds, checkpoint)
+            prev = model.config.previous_stage
+            previous = TrainedModel(dataset_dir, prev, None, checkpoint) if prev and options.prev_stage_dir is None else None
+            member = predict_cases(model, todo, work / conf, member_options, previous)
+            for cid, msg in member.failed.items():
+                summary.failed.setdefault(cid, f"{conf}: {msg}")
+            _move_uncertainty(work / conf / UNCERTAINTY_DIR, out_dir / UNCERTAINTY_DIR / conf)
+            folders.append(work / conf)
+        combined = ensemble_folders(folders, out_dir, None, rules, options.save_probabilities)
+        for cid, msg in combined.failed.items():
+            summary.failed.setdefault(cid, msg)
+        summary.predicted = sorted(combined.written)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _move_uncertainty(src: Path, dest: Path) -> None:
+    if not src.is_dir():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        os.replace(f, dest / f.name)

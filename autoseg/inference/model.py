@@ -51,14 +51,26 @@ def _fold_key(fold: str) -> tuple[int, str]:
     return (0, f"{int(fold):06d}") if fold.isdigit() else (1, fold)
 
 
-def default_configuration(dataset_dir: Path) -> str:
-    """``configuration`` of ``best_configuration.json`` when present, else 3d_fullres."""
+def default_configurations(dataset_dir: Path) -> list[str]:
+    """What ``predict`` uses without ``-c``: the ensemble members that ``best_configuration.json``
+    names (model selection chose an ensemble), else its configuration, else 3d_fullres.
+
+    Example: ``{"configuration": "2d", "ensemble": ["2d", "3d_fullres"]}`` -> ``["2d", "3d_fullres"]``.
+    """
     best = Path(dataset_dir) / BEST_FILE
     if best.is_file():
         data = load_json(best)
-        if isinstance(data, dict) and data.get("configuration"):
-            return str(data["configuration"])
-    return DEFAULT_CONFIGURATION
+        if isinstance(data, dict):
+            if isinstance(data.get("ensemble"), list) and len(data["ensemble"]) > 1:
+                return [str(c) for c in data["ensemble"]]
+            if data.get("configuration"):
+                return [str(data["configuration"])]
+    return [DEFAULT_CONFIGURATION]
+
+
+def ensemble_rules_file(dataset_dir: Path, configurations: Sequence[str]) -> Path:
+    """Where model selection puts the postprocessing rules of an ensemble of ``configurations``."""
+    return Path(dataset_dir) / "crossval" / ("ensemble__" + "__".join(configurations)) / RULES_FILE
 
 
 class TrainedModel:
@@ -164,10 +176,12 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
     """Zip the chosen configurations' folds (checkpoint + training.json) with plans, dataset.json,
     fingerprint, postprocessing.json and best_configuration.json; returns the zip's path.
 
-    ``configurations=None``: the default configuration (:func:`default_configuration`).
+    ``configurations=None``: what ``predict`` would use (:func:`default_configurations`: the
+    chosen ensemble's members with its postprocessing rules, or one configuration).
     """
     ddir = paths.results_dataset_dir(dataset)
-    confs = list(configurations) if configurations else [default_configuration(ddir)]
+    confs = list(configurations) if configurations else default_configurations(ddir)
+    members = list(confs)
     for conf in list(confs):  # a cascade needs its first stage
         prev = TrainedModel(ddir, conf, folds, checkpoint).config.previous_stage
         if prev and prev not in confs:
@@ -177,6 +191,9 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
     tmp = out_zip.with_name(f".{out_zip.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         _add(zf, ddir / BEST_FILE, f"{dataset}/{BEST_FILE}")
+        if len(members) > 1:
+            rules = ensemble_rules_file(ddir, members)
+            _add(zf, rules, rules.relative_to(ddir.parent).as_posix())
         for conf in confs:
             model = TrainedModel(ddir, conf, folds, checkpoint)
             for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):

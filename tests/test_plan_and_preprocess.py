@@ -55,6 +55,18 @@ def test_fingerprint_plans_and_preprocessed_cases(dataset, autoseg_env, capsys):
     assert (folder / "case_000.npy").stat().st_mtime_ns == mtime
     assert run("plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "-np", "1", "--clean") == 0
     assert (folder / "case_000.npy").stat().st_mtime_ns != mtime
+    # a plan whose patch/batch/network changed (e.g. another --gpu-memory) keeps the cases ...
+    stamp = folder / "configuration.json"
+    made = json.loads(stamp.read_text())
+    made.update(patch_size=[4, 8, 8], batch_size=99)
+    stamp.write_text(json.dumps(made))
+    mtime = (folder / "case_000.npy").stat().st_mtime_ns
+    assert run("plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "-np", "1") == 0
+    assert (folder / "case_000.npy").stat().st_mtime_ns == mtime
+    assert json.loads(stamp.read_text())["patch_size"] == full.patch_size  # the stamp follows the new plan
+    # ... one whose normalisation changed redoes them
+    assert run("plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "-np", "1", "--normalization", "window:-200,200") == 0
+    assert (folder / "case_000.npy").stat().st_mtime_ns != mtime
 
 
 def test_window_normalisation_and_multiprocessing(dataset, autoseg_env):

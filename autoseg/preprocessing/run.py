@@ -3,8 +3,10 @@
 Writes into ``<preprocessed>/<Dataset>/``: ``dataset.json`` (copy), ``dataset_fingerprint.json``,
 ``plans.json`` and one folder per data identifier with the cases (see
 :mod:`autoseg.preprocessing.case_store`) and ``configuration.json`` (the plan the cases were
-made with: when it changes, the folder's cases are redone). Each raw case is read once and
-preprocessed for every requested configuration. Finished cases are skipped on re-runs.
+made with). Each raw case is read once and preprocessed for every requested configuration.
+Finished cases are skipped on re-runs; a folder's cases are redone only when something that
+shapes the stored arrays changed (:data:`DATA_KEYS`: spacing, normalisation, resampling, axis
+order, labels), not when only the patch, batch or network changed (e.g. a new ``--gpu-memory``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from autoseg.preprocessing.preprocessor import preprocess_case
 
 log = logging.getLogger("autoseg")
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels")
 
 
 def _data_folders(plans: Plans, configurations: Sequence[str]) -> dict[str, ConfigurationPlan]:
@@ -66,13 +69,16 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
     for ident, config in folders.items():
         folder = base / ident
         stamp = folder / "configuration.json"
-        stale = stamp.is_file() and load_json(stamp) != load_json_roundtrip(config)
+        made_with = dict(load_json_roundtrip(config), transpose_forward=plans.transpose_forward, labels=plans.labels)
+        old = load_json(stamp) if stamp.is_file() else None
+        stale = old is not None and any(old.get(k) != made_with[k] for k in DATA_KEYS)
         if (clean or stale) and folder.is_dir():
             if stale:
-                log.warning("plan of %s changed since its cases were made: redoing them", ident)
+                changed = ", ".join(k for k in DATA_KEYS if old.get(k) != made_with[k])
+                log.warning("%s of %s changed since its cases were made: redoing them", changed, ident)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_json(config, stamp)
+        save_json(made_with, stamp)
     jobs = []
     for i, case in enumerate(cases):
         todo = [(base / ident, c) for ident, c in folders.items() if not is_case_done(base / ident, case.case_id)]

@@ -40,7 +40,9 @@ def test_validation_predictions_and_summary_exist(trained):
 
 
 def test_find_best_configuration_ranks_configs_and_ensemble(trained, capsys):
-    assert main(["find_best_configuration", "-f", "0", "1"]) == 0
+    assert main(["find_best_configuration", "-f", "all"]) != 0
+    assert "the 'all' fold has no held-out cases" in capsys.readouterr().err
+    assert main(["find_best_configuration", "-f", "0..1"]) == 0  # the fold syntax of train
     out = capsys.readouterr().out
     best = load_json(trained / "res" / "Dataset003_Liver" / "best_configuration.json")
     names = [r["name"] for r in best["ranking"]]

@@ -118,12 +118,16 @@ def find_best_configuration(dataset: str | None, folds: list[int] | None = None,
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--dataset", default=None, help="dataset; optional when only one exists")
-    p.add_argument("-f", "--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="folds to use (default 0 1 2 3 4)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0..4"], help="cross-validation folds to use: 0..4 (default), or e.g. 0 1")
     p.add_argument("-np", "--num-processes", type=int, default=1)
 
 
 def run(a: argparse.Namespace) -> int:
-    r = find_best_configuration(a.dataset, a.folds, a.num_processes)
+    from autoseg.trainers.splits import parse_folds
+    folds = parse_folds(a.folds)
+    if "all" in folds:
+        raise AutosegError("-f all: the 'all' fold has no held-out cases to compare configurations on; give cross-validation folds (0..4)")
+    r = find_best_configuration(a.dataset, [int(f) for f in folds], a.num_processes)
     print(f"{'rank':<5}{'candidate':<45}{'mean fg Dice':>14}")
     for i, row in enumerate(r["ranking"], 1):
         print(f"{i:<5}{row['name']:<45}{row['mean_foreground_dice']:>14.4f}")

@@ -160,7 +160,7 @@ def read_case(paths: Sequence[Path | str]) -> tuple[np.ndarray, Geometry]:
             raise AutosegError(f"{p}: image contains NaN or infinite intensities; fix the file")
         arrays.append(arr)
     assert geom is not None
-    return np.stack(arrays), geom
+    return (arrays[0][None] if len(arrays) == 1 else np.stack(arrays)), geom  # one channel: a view, no copy
 
 
 def is_dicom_folder(path: Path | str) -> bool:

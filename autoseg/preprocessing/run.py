@@ -25,7 +25,7 @@ from autoseg import paths
 from autoseg.datasets.layout import CaseFiles, list_cases, load_dataset_info, save_dataset_info
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import extract_fingerprint
-from autoseg.io.images import read_case, read_image
+from autoseg.io.images import read_case, read_label
 from autoseg.io.json_io import load_json, save_json
 from autoseg.planners.planner import plan_experiment
 from autoseg.planners.plans import ConfigurationPlan, Plans
@@ -53,7 +53,7 @@ def _preprocess_one(job: tuple[CaseFiles, Plans, list[tuple[Path, ConfigurationP
     torch.set_num_threads(1)
     try:
         data, geom = read_case(case.images)
-        seg = read_image(case.label, dtype=np.float32)[0][None].astype(np.int8) if case.label else None
+        seg = read_label(case.label)[0][None].astype(np.int8) if case.label else None  # values checked by the fingerprint
         for folder, config in targets:
             d, s, props = preprocess_case(data, seg, geom, plans, config, case.case_id, seed)
             save_case(folder, d, s, props)

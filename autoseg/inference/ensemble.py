@@ -27,7 +27,7 @@ from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postpro
 from autoseg.inference.export import ProbabilityInfo, load_probabilities, write_probabilities
 from autoseg.inference.inputs import InputCase
 from autoseg.inference.model import TrainedModel, ensemble_rules_file
-from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, predict_cases, select_part
+from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, cases_to_predict, predict_cases
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import write_image
 
@@ -132,14 +132,7 @@ def predict_ensemble(dataset_dir: Path, configurations: Sequence[str], cases: Se
     ``options.overwrite``; a case that fails in any member is reported once, as failed.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary()
-    todo = []
-    for c in select_part(cases, options.num_parts, options.part_id):
-        if (out_dir / c.output_name).is_file() and not options.overwrite:
-            summary.skipped.append(c.case_id)
-        else:
-            todo.append(c)
+    todo, summary = cases_to_predict(cases, out_dir, options)
     if not todo:
         return summary
     member_options = replace(options, save_probabilities=True, postprocess=False, overwrite=True, num_parts=1, part_id=0)

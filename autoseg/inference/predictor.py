@@ -241,6 +241,20 @@ def export_bytes(props: CaseProperties, num_classes: int) -> int:
     return num_classes * 4 * int(np.prod(props.shape_after_resampling)) + 3 * 4 * n_crop + 2 * n_full
 
 
+def cases_to_predict(cases: Sequence[InputCase], out_dir: Path, options: PredictOptions) -> tuple[list[InputCase], PredictSummary]:
+    """This part's cases (``--num-parts/--part-id``) without those whose output exists (unless
+    overwrite), and a summary listing the skipped ones. Creates ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    todo = []
+    for c in select_part(cases, options.num_parts, options.part_id):
+        if (out_dir / c.output_name).is_file() and not options.overwrite:
+            summary.skipped.append(c.case_id)
+        else:
+            todo.append(c)
+    return todo, summary
+
+
 def predict_cases(model: TrainedModel, cases: Sequence[InputCase], out_dir: Path | str, options: PredictOptions,
                   previous: TrainedModel | None = None) -> PredictSummary:
     """Predict ``cases`` (this part's share) into ``out_dir``; never raises for one bad case.
@@ -252,14 +266,7 @@ def predict_cases(model: TrainedModel, cases: Sequence[InputCase], out_dir: Path
     prediction, while small cases flow through concurrently.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary()
-    todo = []
-    for c in select_part(cases, options.num_parts, options.part_id):
-        if (out_dir / c.output_name).is_file() and not options.overwrite:
-            summary.skipped.append(c.case_id)
-        else:
-            todo.append(c)
+    todo, summary = cases_to_predict(cases, out_dir, options)
     if not todo:
         return summary
     pipeline = CasePipeline(model, options, out_dir, previous)

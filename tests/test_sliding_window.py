@@ -195,3 +195,11 @@ def test_uncertainty_collector_variance_and_pass_volumes():
     assert s.volume_ml_per_pass["tumor"] == [0.0, 0.378]
     assert s.mean_variance_in_foreground == pytest.approx(0.16, abs=1e-5)
     assert math.isnan(s.volume_variation["liver"])  # never predicted
+
+
+def test_progress_bar_over_windows_only_for_many_windows(capsys):
+    net = ConstantLogits([0.0, 1.0])
+    predict_sliding_window([net], np.zeros((1, 4, 8, 8), np.float32), 2, fp32_settings([4, 4, 4], mirror=False))
+    assert "sliding window" not in capsys.readouterr().err  # 9 windows: no bar
+    predict_sliding_window([net], np.zeros((1, 4, 12, 12), np.float32), 2, fp32_settings([4, 4, 4], mirror=False))
+    assert "sliding window:" in capsys.readouterr().err  # 5 x 5 windows: a bar (cleared at the end)

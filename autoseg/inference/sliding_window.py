@@ -38,6 +38,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from autoseg.errors import AutosegError
 from autoseg.networks.precision import amp_dtype, autocast
@@ -45,6 +46,7 @@ from autoseg.networks.precision import amp_dtype, autocast
 log = logging.getLogger(__name__)
 
 HALF_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
+MIN_WINDOWS_FOR_BAR = 16  # a case with more windows shows a progress bar over them (big CT on a CPU: minutes to hours)
 SIGMA_SCALE = 1.0 / 8
 
 Window = tuple[slice, slice, slice]
@@ -225,7 +227,8 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
     acc = torch.zeros([num_classes] + shape, dtype=accumulator_dtype(num_classes, shape), device=results_device)
     if hook is not None:
         hook.begin(shape, valid, len(networks) * len(flips), results_device, acc.dtype)
-    with torch.inference_mode():
+    bar = tqdm(total=len(windows), desc="sliding window", unit="window", leave=False, disable=len(windows) < MIN_WINDOWS_FOR_BAR)
+    with torch.inference_mode(), bar:
         for batch in _batches(windows, s.batch_size):
             x = torch.stack([data[(slice(None),) + w] for w in batch]).to(device, non_blocking=True)
             if two_d:
@@ -259,6 +262,7 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
                 acc[(slice(None),) + w] += (total[b] * weights[b]).to(acc.dtype)
             if hook is not None:
                 hook.end_batch(batch, weights)
+            bar.update(len(batch))
         if s.ensemble == "mean":
             softmax_(acc)
     return acc

@@ -95,9 +95,7 @@ def run_predict(a: argparse.Namespace) -> int:
             summary = predict_ensemble(dataset_dir, confs, cases, a.output, options, _folds(a.folds), a.checkpoint) \
                 if cases else PredictSummary()
         else:
-            previous = None
-            if model.config.previous_stage and options.prev_stage_dir is None:
-                previous = TrainedModel(dataset_dir, model.config.previous_stage, None, a.checkpoint)
+            previous = model.previous_stage_model() if options.prev_stage_dir is None else None
             print(f"{dataset_dir.name} {confs[0]}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
                   f"{options.device}; {len(cases)} case(s) found")
             summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()

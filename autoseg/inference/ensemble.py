@@ -143,13 +143,14 @@ def predict_ensemble(dataset_dir: Path, configurations: Sequence[str], cases: Se
         folders = []
         for conf in configurations:
             model = TrainedModel(dataset_dir, conf, folds, checkpoint)
-            prev = model.config.previous_stage
-            previous = TrainedModel(dataset_dir, prev, None, checkpoint) if prev and options.prev_stage_dir is None else None
+            previous = model.previous_stage_model() if options.prev_stage_dir is None else None
             member = predict_cases(model, todo, work / conf, member_options, previous)
             for cid, msg in member.failed.items():
                 summary.failed.setdefault(cid, f"{conf}: {msg}")
             _move_uncertainty(work / conf / UNCERTAINTY_DIR, out_dir / UNCERTAINTY_DIR / conf)
             folders.append(work / conf)
+        if all(c.case_id in summary.failed for c in todo):
+            return summary
         combined = ensemble_folders(folders, out_dir, None, rules, options.save_probabilities)
         for cid, msg in combined.failed.items():
             summary.failed.setdefault(cid, msg)

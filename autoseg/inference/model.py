@@ -98,7 +98,13 @@ class TrainedModel:
         self.postprocessing: PostprocessingRules | None = load_rules(rules) if rules.is_file() else None
         if checkpoint not in ("final", "best"):
             raise AutosegError(f"--checkpoint {checkpoint}: choose final or best")
+        self.checkpoint = checkpoint
         self.folds = self._find_folds(folds, f"checkpoint_{checkpoint}.pth")
+
+    def previous_stage_model(self) -> "TrainedModel | None":
+        """A cascade's first stage (every fold with the same checkpoint kind); None for other configurations."""
+        prev = self.config.previous_stage
+        return TrainedModel(self.dataset_dir, prev, None, self.checkpoint) if prev else None
 
     def _artefact(self, name: str) -> Path:
         """The trainer's copy in the configuration folder, else the preprocessed folder's."""

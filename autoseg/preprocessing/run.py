@@ -71,11 +71,10 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
         stamp = folder / "configuration.json"
         made_with = dict(load_json_roundtrip(config), transpose_forward=plans.transpose_forward, labels=plans.labels)
         old = load_json(stamp) if stamp.is_file() else None
-        stale = old is not None and any(old.get(k) != made_with[k] for k in DATA_KEYS)
-        if (clean or stale) and folder.is_dir():
-            if stale:
-                changed = ", ".join(k for k in DATA_KEYS if old.get(k) != made_with[k])
-                log.warning("%s of %s changed since its cases were made: redoing them", changed, ident)
+        changed = [k for k in DATA_KEYS if old.get(k) != made_with[k]] if old is not None else []
+        if (clean or changed) and folder.is_dir():
+            if changed:
+                log.warning("%s of %s changed since its cases were made: redoing them", ", ".join(changed), ident)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_json(made_with, stamp)

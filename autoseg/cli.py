@@ -10,85 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Callable
 
 from autoseg import __version__
 from autoseg.errors import AutosegError
 
 Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-
-
-def _add_dataset(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("-d", "--dataset", required=required, default=None,
-                   help="dataset: name (Liver), DatasetNNN_Name, id (3) or path; optional when only one exists")
-
-
-# --- synthetic -------------------------------------------------------------------------
-def _cfg_synthetic(p):
-    _add_dataset(p)
-    p.add_argument("-n", "--num-cases", type=int, default=20, help="training cases (default 20)")
-    p.add_argument("--num-test", type=int, default=0, help="held-out test cases with labels (imagesTs/labelsTs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="case size preset")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="exact case shape (overrides --size)")
-
-
-def _run_synthetic(a):
-    from autoseg import paths
-    from autoseg.datasets.synthetic import generate_dataset
-    name = paths.new_dataset_name(a.dataset or "Liver")
-    out = paths.raw_dataset_dir(name)
-    generate_dataset(out, a.num_cases, a.num_test, seed=a.seed, shape_zyx=tuple(a.shape) if a.shape else None,
-                     size=a.size, name=name.split("_", 1)[1])
-    print(f"wrote {a.num_cases} training + {a.num_test} test cases to {out}")
-    return 0
-
-
-# --- convert ---------------------------------------------------------------------------
-def _cfg_convert(p):
-    p.add_argument("kind", choices=["msd", "lits", "png"], help="source layout")
-    p.add_argument("source", help="source folder")
-    p.add_argument("-d", "--dataset", default="Liver", help="name of the new dataset (default Liver)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="png only: voxel spacing in mm")
-
-
-def _run_convert(a):
-    from pathlib import Path
-
-    from autoseg import paths
-    from autoseg.datasets import converters as conv
-    name = paths.new_dataset_name(a.dataset)
-    out = paths.raw_dataset_dir(name)
-    src = Path(a.source).expanduser()
-    if a.kind == "png":
-        if not a.spacing:
-            raise AutosegError("convert png: --spacing X Y Z (mm) is required; PNG files carry no spacing")
-        info = conv.convert_png(src, out, tuple(a.spacing))
-    elif a.kind == "msd":
-        info = conv.convert_msd(src, out)
-    else:
-        info = conv.convert_lits(src, out)
-    print(f"wrote {info.numTraining} cases to {out}")
-    return 0
-
-
-# --- plan_and_preprocess ---------------------------------------------------------------
-def _cfg_plan(p):
-    _add_dataset(p)
-    p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
-                   help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres)")
-    p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB that sizes patch and batch (default 8)")
-    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--verify", action="store_true", help="only check the dataset's integrity; write nothing")
-    p.add_argument("--clean", action="store_true", help="redo cases already preprocessed")
-    p.add_argument("--normalization", default=None,
-                   help="override the intensity normalisation: ct, zscore or window:LO,HI (e.g. window:-200,200)")
-
-
-def _run_plan(a):
-    from autoseg.preprocessing.run import plan_and_preprocess
-    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization)
-    return 0
 
 
 def _lazy(module: str, configure: str, run: str) -> tuple[Callable, Callable]:
@@ -104,12 +32,15 @@ def _lazy(module: str, configure: str, run: str) -> tuple[Callable, Callable]:
 
 
 COMMANDS: list[Command] = [
-    ("synthetic", "write a synthetic abdominal-CT liver dataset", "autoseg synthetic -d Liver -n 20 --seed 0", _cfg_synthetic, _run_synthetic),
-    ("convert", "convert an MSD / LiTS / PNG-slice dataset to the raw layout", "autoseg convert msd ~/Task03_Liver -d Liver", _cfg_convert, _run_convert),
+    ("synthetic", "write a synthetic abdominal-CT liver dataset", "autoseg synthetic -d Liver -n 20 --seed 0",
+     *_lazy("autoseg.datasets.commands", "configure_synthetic", "run_synthetic")),
+    ("convert", "convert an MSD / LiTS / PNG-slice dataset to the raw layout", "autoseg convert msd ~/Task03_Liver -d Liver",
+     *_lazy("autoseg.datasets.commands", "configure_convert", "run_convert")),
     ("plan_and_preprocess", "check the dataset, fingerprint it, plan configurations, preprocess",
-     "autoseg plan_and_preprocess -d Liver -c 3d_fullres", _cfg_plan, _run_plan),
-    ("train", "train fold(s) of 5-fold cross-validation", "autoseg train -d Liver -c 3d_fullres -f 0",
-     *_lazy("autoseg.trainers.run", "configure", "run")),
+     "autoseg plan_and_preprocess -d Liver -c 3d_fullres", *_lazy("autoseg.preprocessing.commands", "configure_plan_and_preprocess",
+                                                                 "run_plan_and_preprocess")),
+    ("train", "train fold(s) of 5-fold cross-validation, then validate each fold", "autoseg train -d Liver -c 3d_fullres -f 0",
+     *_lazy("autoseg.crossval", "configure_train", "run_train")),
     ("predict", "segment images with the trained folds (ensemble, mirroring TTA, exact geometry)",
      "autoseg predict -d Liver -i images/ -o masks/", *_lazy("autoseg.inference.commands", "configure_predict", "run_predict")),
     ("ensemble", "combine saved probabilities of several predictions", "autoseg ensemble -i out_3d out_2d -o out_ens",
@@ -119,11 +50,12 @@ COMMANDS: list[Command] = [
     ("evaluate", "compare predicted masks with reference masks (Dice, IoU, HD95, lesions ...)",
      "autoseg evaluate -r labelsTs/ -p masks/ -o summary.json", *_lazy("autoseg.evaluation.commands", "configure_evaluate", "run_evaluate")),
     ("find_best_configuration", "rank trained configurations by cross-validation and choose postprocessing",
-     "autoseg find_best_configuration -d Liver", *_lazy("autoseg.evaluation.model_selection", "configure", "run")),
+     "autoseg find_best_configuration -d Liver",
+     *_lazy("autoseg.evaluation.commands", "configure_find_best_configuration", "run_find_best_configuration")),
     ("report", "write a self-contained HTML report with overlays and clinical numbers",
      "autoseg report -i images/ -p masks/ -o report.html", *_lazy("autoseg.evaluation.commands", "configure_report", "run_report")),
-    ("demo", "run the whole pipeline on built-in synthetic data (5-9 min on 2 CPU cores)", "autoseg demo",
-     *_lazy("autoseg.demo", "configure", "run")),
+    ("demo", "run the whole pipeline on built-in synthetic data (a few minutes on 2 CPU cores)", "autoseg demo",
+     *_lazy("autoseg.demo", "configure_demo", "run_demo")),
 ]
 
 
@@ -132,7 +64,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoseg", description="Self-configuring 3D medical image segmentation.",
                                      epilog="Run 'autoseg <command> --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages and tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show debug messages and tracebacks (also of the one-line errors)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     chosen = next((t for t in (argv or []) if not t.startswith("-")), None)
     for name, help_, example, cfg, run in COMMANDS:
@@ -155,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except AutosegError as e:
+        if args.verbose:
+            traceback.print_exc()
         for line in str(e).splitlines():
             print(f"autoseg {args.command}: error: {line}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-def configure(p: argparse.ArgumentParser) -> None:
+def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="autoseg_demo", help="working folder (default ./autoseg_demo)")
     p.add_argument("--cases", type=int, default=16, help="synthetic training cases (default 16)")
     p.add_argument("--test-cases", type=int, default=4, help="held-out synthetic test cases (default 4)")
@@ -26,7 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def run(a: argparse.Namespace) -> int:
+def run_demo(a: argparse.Namespace) -> int:
     from autoseg.cli import main
     from autoseg.errors import AutosegError
     from autoseg.io.json_io import load_json

@@ -117,3 +117,29 @@ def results_dataset_dir(name: str) -> Path:
 def fold_dir(name: str, configuration: str, fold: int | str) -> Path:
     """``<results>/<dataset>/<configuration>/fold_<f>`` (``fold_all`` for training on every case)."""
     return results_dataset_dir(name) / configuration / f"fold_{fold}"
+
+
+# --- the results folder's layout (written by train / find_best_configuration, read by predict) ---
+BEST_CONFIGURATION_FILE = "best_configuration.json"
+POSTPROCESSING_FILE = "postprocessing.json"
+ENSEMBLE_PREFIX = "ensemble__"
+
+
+def validation_dir(name: str, configuration: str, fold: int | str) -> Path:
+    """A fold's cross-validation predictions: ``<fold_dir>/validation``."""
+    return fold_dir(name, configuration, fold) / "validation"
+
+
+def crossval_dir(name: str) -> Path:
+    """Where model selection merges folds and scores candidates: ``<results>/<dataset>/crossval``."""
+    return results_dataset_dir(name) / "crossval"
+
+
+def ensemble_name(configurations: list[str] | tuple[str, ...]) -> str:
+    """``["2d", "3d_fullres"]`` -> ``ensemble__2d__3d_fullres`` (a candidate's folder name in ``crossval``)."""
+    return ENSEMBLE_PREFIX + "__".join(configurations)
+
+
+def ensemble_members(candidate: str) -> list[str]:
+    """Inverse of :func:`ensemble_name`; a plain configuration name gives ``[name]``."""
+    return candidate[len(ENSEMBLE_PREFIX):].split("__") if candidate.startswith(ENSEMBLE_PREFIX) else [candidate]

@@ -42,8 +42,8 @@ from autoseg.io.json_io import save_json  # noqa: E402
 from autoseg.networks.builder import build_network  # noqa: E402
 from autoseg.planners.planner import plan_configuration  # noqa: E402
 from autoseg.planners.plans import ChannelNormalization, Plans  # noqa: E402
-from autoseg.trainers.checkpoint import save_checkpoint  # noqa: E402
-from autoseg.trainers.training_config import TrainingConfig  # noqa: E402
+from autoseg.model.checkpoint import save_checkpoint  # noqa: E402
+from autoseg.model.training_config import TrainingConfig  # noqa: E402
 
 DATASET = "Dataset900_MemBench"
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
@@ -83,8 +83,7 @@ def make_model(results: Path, tiny_network: bool) -> list[int]:
     torch.manual_seed(0)
     net = build_network("unet", cfg.topology, 1, 3)
     save_checkpoint(cdir / "fold_0" / "checkpoint_final.pth", net.state_dict(), {"epoch": 0, "fold": "0", "network": "unet"})
-    tc = TrainingConfig(dataset=DATASET, configuration="3d_fullres", fold="0", num_input_channels=1, num_classes=3,
-                        patch_size=list(cfg.patch_size))
+    tc = TrainingConfig(dataset=DATASET, configuration="3d_fullres", fold="0", num_input_channels=1, num_classes=3)
     save_json(asdict(tc), cdir / "fold_0" / "training.json")
     return list(cfg.patch_size)
 

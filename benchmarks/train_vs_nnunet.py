@@ -136,7 +136,7 @@ def prepare(b: Bench, a: argparse.Namespace) -> None:
     """Dataset, both plans + preprocessing, shared splits and the nnU-Net trainer (each once)."""
     from autoseg.datasets.synthetic import generate_dataset
     from autoseg.io.json_io import save_json
-    from autoseg.trainers.splits import make_splits
+    from autoseg.datasets.splits import make_splits
 
     stamp = b.workdir / "prepared.json"
     want = {"cases": a.cases, "test_cases": a.test_cases, "size": a.size, "seed": a.seed, "gpu_memory": a.gpu_memory}

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from autoseg.planners.plans import Plans
 from autoseg.preprocessing.case_store import list_preprocessed_cases
 from autoseg.trainers.loop import train_fold
-from autoseg.trainers.training_config import TrainingConfig
+from autoseg.model.training_config import TrainingConfig
 
 
 def main(pre: str, out: str) -> None:
@@ -18,8 +18,8 @@ def main(pre: str, out: str) -> None:
     config = plans.configurations["3d_fullres"]
     folder = pre_dir / config.data_identifier
     cases = list_preprocessed_cases(folder)
-    cfg = TrainingConfig(dataset="x", configuration="3d_fullres", fold="0", epochs=1, iters_per_epoch=3, val_iters=1,
-                         batch_size=2, patch_size=config.patch_size, num_workers=0, device="cpu")
+    cfg = TrainingConfig(dataset="x", configuration="3d_fullres", fold="0", num_input_channels=1, num_classes=plans.num_classes, epochs=1, iters_per_epoch=3, val_iters=1,
+                         batch_size=2, num_workers=0, device="cpu")
     network = train_fold(cfg, config, folder, Path(out), cases[:3], cases[3:])
     torch.save(network.state_dict(), Path(out) / f"rank{dist.get_rank()}_weights.pt")
 

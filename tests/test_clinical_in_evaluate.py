@@ -17,7 +17,7 @@ def test_evaluate_reports_clinical_differences(tmp_path):
     for d, a in (("ref", ref), ("pred", pred)):
         write_image(a, g, tmp_path / d / "c1.nii.gz")
     s = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels=[1, 2], out_json=tmp_path / "s.json")
-    c = s["metric_per_case"][0]["clinical"]
+    c = s.metric_per_case[0]["clinical"]
     assert c["liver_volume_ml"]["ref"] == pytest.approx(0.288)
     assert c["liver_volume_ml"]["difference"] == pytest.approx(-24 * 0.002)
     assert c["tumor_volume_ml"]["difference"] == pytest.approx(0.0)

@@ -8,9 +8,9 @@ import SimpleITK as sitk
 
 from autoseg.cli import main
 from autoseg.errors import AutosegError
-from autoseg.evaluation.postprocessing import PostprocessingRules, save_rules
-from autoseg.inference.ensemble import combine, ensemble_folders
-from autoseg.inference.export import ProbabilityInfo, load_probabilities, write_probabilities
+from autoseg.inference.ensemble import ensemble_folders
+from autoseg.model.postprocessing import PostprocessingRules, save_rules
+from autoseg.model.probabilities import ProbabilityInfo, combine, load_probabilities, write_probabilities
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import Geometry, read_image
 

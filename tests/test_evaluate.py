@@ -40,18 +40,18 @@ def test_summary_json_and_csv(tmp_path):
     summary = evaluate_folders(ref_dir, pred_dir, [1, 2], None, tmp_path / "out" / "summary.json")
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["num_cases"] == 2 and [c["case"] for c in on_disk["metric_per_case"]] == ["a", "b"]
-    a = summary["metric_per_case"][0]["metrics"]
+    a = summary.metric_per_case[0]["metrics"]
     # case a: liver pred 32 vs ref 24 (tp 24, fp 8) -> Dice 48/56; tumour missed -> 0; union perfect -> 1
     assert a["1"]["Dice"] == pytest.approx(48 / 56)
     assert a["2"]["Dice"] == 0.0 and a["1+2"]["Dice"] == 1.0
     assert a["2"]["lesion_n_ref"] == 1 and a["2"]["lesion_detected"] == 0
-    b = summary["metric_per_case"][1]["metrics"]
+    b = summary.metric_per_case[1]["metrics"]
     assert math.isnan(b["2"]["Dice"]) and b["1"]["Dice"] == 1.0
-    assert summary["mean"]["1"]["Dice"] == pytest.approx((48 / 56 + 1) / 2)
-    assert summary["mean"]["2"]["Dice"] == 0.0  # NaN of case b skipped
-    assert summary["foreground_mean"]["Dice"] == pytest.approx(((48 / 56 + 1) / 2 + 0.0) / 2)
-    assert on_disk["mean"]["1"]["Dice"] == pytest.approx(summary["mean"]["1"]["Dice"])
-    assert summary["label_names"] == {"1": "liver", "2": "tumor", "1+2": "all"}
+    assert summary.mean["1"]["Dice"] == pytest.approx((48 / 56 + 1) / 2)
+    assert summary.mean["2"]["Dice"] == 0.0  # NaN of case b skipped
+    assert summary.foreground_mean["Dice"] == pytest.approx(((48 / 56 + 1) / 2 + 0.0) / 2)
+    assert on_disk["mean"]["1"]["Dice"] == pytest.approx(summary.mean["1"]["Dice"])
+    assert summary.label_names == {"1": "liver", "2": "tumor", "1+2": "all"}
 
     rows = list(csv.reader((tmp_path / "out" / "summary.csv").open()))
     assert rows[0][:8] == ["case", "dice_all", "dice_liver", "precision_liver", "recall_liver",
@@ -69,7 +69,7 @@ def test_dataset_json_names_and_parallel_workers(tmp_path):
     dj = tmp_path / "dataset.json"
     dj.write_text(json.dumps({"labels": {"background": 0, "organ": 1, "lesion": 2}}))
     summary = evaluate_folders(ref_dir, pred_dir, None, None, tmp_path / "s.json", num_workers=2, dataset_json=dj)
-    assert summary["label_names"]["1"] == "organ"
+    assert summary.label_names["1"] == "organ"
     header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["case", "dice_all", "dice_organ"]
     assert "lesion_f1" in header  # 'lesion' name marks the tumour label for detection metrics
@@ -87,7 +87,7 @@ def test_missing_files(tmp_path):
     ref_dir, pred_dir = _cases(tmp_path)
     (pred_dir / "b.nii.gz").unlink()
     summary = evaluate_folders(ref_dir, pred_dir, [1, 2], None, tmp_path / "s.json")
-    assert summary["num_cases"] == 1 and summary["missing_predictions"] == ["b"]
+    assert summary.num_cases == 1 and summary.missing_predictions == ["b"]
     with pytest.raises(AutosegError, match="no prediction for 1 case"):
         evaluate_folders(ref_dir, pred_dir, [1, 2], None, tmp_path / "s.json", case_ids=["a", "b"])
     _write(np.zeros((4, 8, 8)), pred_dir / "c.nii.gz")

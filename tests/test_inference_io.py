@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.inference.export import load_probabilities, paste, segment, ProbabilityInfo, write_probabilities
+from autoseg.inference.export import segment
+from autoseg.model.probabilities import ProbabilityInfo, load_probabilities, write_probabilities
+from autoseg.preprocessing.inverse import paste
 from autoseg.inference.inputs import discover_cases, read_input_case
 from autoseg.io.images import Geometry, write_image
 from autoseg.planners.plans import Plans

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from autoseg.evaluation.postprocessing import (PostprocessingRules, apply_postprocessing, determine_postprocessing,
-                                               load_rules)
+from autoseg.evaluation.postprocessing import determine_postprocessing
+from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
 from autoseg.io.images import Geometry, read_image, write_image
 
 

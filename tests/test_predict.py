@@ -19,14 +19,15 @@ from autoseg.cli import main
 from autoseg.datasets.layout import DatasetInfo, save_dataset_info
 from autoseg.errors import AutosegError
 from autoseg.inference.inputs import InputCase
-from autoseg.inference.model import TrainedModel, export_model, extract_model
+from autoseg.model.package import export_model, extract_model
+from autoseg.model.trained import TrainedModel
 from autoseg.inference.predictor import select_part
 from autoseg.io.images import Geometry, read_image, write_image
 from autoseg.io.json_io import save_json
 from autoseg.networks.builder import build_network
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
-from autoseg.trainers.checkpoint import save_checkpoint
-from autoseg.trainers.training_config import TrainingConfig
+from autoseg.model.checkpoint import save_checkpoint
+from autoseg.model.training_config import TrainingConfig
 
 from conftest import SHARED
 
@@ -62,7 +63,7 @@ def make_model(results: Path, configs: dict[str, ConfigurationPlan], folds=("0",
         in_ch = channels + (len(LABELS) - 1 if cfg.previous_stage else 0)
         for f in folds:
             tc = TrainingConfig(dataset=DATASET, configuration=name, fold=str(f), num_input_channels=in_ch, num_classes=3,
-                                patch_size=list(cfg.patch_size), previous_stage=cfg.previous_stage)
+                                previous_stage=cfg.previous_stage)
             net = build_network("unet", cfg.topology, in_ch, 3)
             fd = cdir / f"fold_{f}"
             save_checkpoint(fd / "checkpoint_final.pth", net.state_dict(), {"epoch": 1, "fold": str(f), "network": "unet"})
@@ -175,7 +176,7 @@ def test_dicom_series_folders(results, tmp_path):
         for f in (SHARED / "data" / "dcmqi_ct3slice").glob("*.dcm"):
             shutil.copy(f, series / name / f.name)
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(series), "-o", str(out), "--device", "cpu", "--no-tta", "-np", "1"]) == 0
+    assert main(["predict", "-i", str(series), "-o", str(out), "--device", "cpu", "--no-tta", "--export-threads", "1"]) == 0
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series / "ct_a")))
     ref = reader.Execute()
@@ -208,7 +209,7 @@ def test_skip_existing_overwrite_and_one_corrupt_case(results, tmp_path, capsys)
     assert main(args) == 0
     assert "predicted 1, skipped 2" in capsys.readouterr().out
     assert (out / "case_1.nii.gz").stat().st_mtime_ns == first and (out / "case_2.nii.gz").is_file()
-    assert main(args + ["--overwrite", "-np", "2", "--memory-gb", "0.001"]) == 0  # budget forces one stage at a time
+    assert main(args + ["--overwrite", "--export-threads", "2", "--memory-gb", "0.001"]) == 0  # budget forces one stage at a time
     assert "predicted 3, skipped 0" in capsys.readouterr().out
 
 

@@ -13,7 +13,7 @@ from autoseg.cli import main
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_json, save_json
 from autoseg.trainers.loop import load_pretrained, poly_lr
-from autoseg.trainers.splits import make_splits, parse_folds
+from autoseg.datasets.splits import make_splits, parse_folds
 
 from conftest import write_blob_dataset
 

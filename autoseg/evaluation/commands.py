@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoseg.datasets.splits import parse_folds
 from autoseg.errors import AutosegError
-from autoseg.evaluation.evaluate import evaluate_folders, list_label_files
+from autoseg.evaluation.evaluate import EvaluationSummary, evaluate_folders, list_label_files
 from autoseg.evaluation.report import ReportCase, write_report
 from autoseg.io.images import image_suffix
 
@@ -24,15 +25,15 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None, help="summary JSON (default PRED/summary.json)")
     parser.add_argument("--csv", type=Path, default=None, help="per-case CSV (default: the summary's name with .csv)")
     parser.add_argument("--dataset-json", type=Path, default=None, help="dataset.json whose labels name the classes")
-    parser.add_argument("-np", "--num-workers", type=int, default=1, help="processes evaluating cases in parallel")
+    parser.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes evaluating cases in parallel (default 1)")
 
 
-def format_mean_table(summary: dict) -> str:
+def format_mean_table(summary: EvaluationSummary) -> str:
     """Plain-text table: one row per label/region with its mean Dice/IoU/precision/recall."""
-    names = summary["label_names"]
+    names = summary.label_names
     width = max([len(n) for n in names.values()] + [len("foreground mean")])
     lines = [f"{'':{width}}  " + "  ".join(f"{m:>9}" for m in TABLE_METRICS)]
-    rows = [(names.get(k, k), v) for k, v in summary["mean"].items()] + [("foreground mean", summary["foreground_mean"])]
+    rows = [(names.get(k, k), v) for k, v in summary.mean.items()] + [("foreground mean", summary.foreground_mean)]
     for name, values in rows:
         lines.append(f"{name:{width}}  " + "  ".join(f"{values.get(m, float('nan')):9.4f}" for m in TABLE_METRICS))
     return "\n".join(lines)
@@ -40,11 +41,11 @@ def format_mean_table(summary: dict) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     out_json = args.output if args.output is not None else args.pred / "summary.json"
-    summary = evaluate_folders(args.ref, args.pred, args.labels, None, out_json, args.csv, args.num_workers,
+    summary = evaluate_folders(args.ref, args.pred, args.labels, None, out_json, args.csv, args.num_processes,
                                dataset_json=args.dataset_json)
-    print(f"{summary['num_cases']} case(s) evaluated")
-    if summary["missing_predictions"]:
-        missing = summary["missing_predictions"]
+    print(f"{summary.num_cases} case(s) evaluated")
+    if summary.missing_predictions:
+        missing = summary.missing_predictions
         print(f"note: {len(missing)} reference case(s) have no prediction and were skipped "
               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
     print(format_mean_table(summary))
@@ -100,4 +101,24 @@ def run_report(args: argparse.Namespace) -> int:
     cases = collect_report_cases(args.images, args.predictions, args.ref, args.uncertainty)
     out = write_report(cases, args.output, args.curves)
     print(f"report with {len(cases)} case(s): {out}")
+    return 0
+
+
+def configure_find_best_configuration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset", default=None, help="dataset; optional when only one exists")
+    p.add_argument("-f", "--folds", nargs="+", default=["0..4"], help="cross-validation folds to use: 0..4 (default), or e.g. 0 1")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="processes evaluating cases in parallel (default 1)")
+
+
+def run_find_best_configuration(a: argparse.Namespace) -> int:
+    folds = parse_folds(a.folds)
+    if "all" in folds:
+        raise AutosegError("-f all: the 'all' fold has no held-out cases to compare configurations on; give cross-validation folds (0..4)")
+    from autoseg.evaluation.model_selection import find_best_configuration
+    r = find_best_configuration(a.dataset, [int(f) for f in folds], a.num_processes)
+    print(f"{'rank':<5}{'candidate':<45}{'mean fg Dice':>14}")
+    for i, row in enumerate(r.ranking, 1):
+        print(f"{i:<5}{row.name:<45}{row.mean_foreground_dice:>14.4f}")
+    print(f"best: {r.ensemble or r.configuration}  (postprocessing: {r.postprocessing_rules})")
+    print(f"predict with: {r.predict_command}")
     return 0

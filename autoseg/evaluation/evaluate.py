@@ -19,8 +19,9 @@ from __future__ import annotations
 import csv
 import io
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +39,41 @@ CSV_FIRST_METRICS = ("Dice", "precision", "recall")
 CSV_OTHER_METRICS = ("IoU", "HD95_mm", "ASSD_mm", "RVD", "VOE")
 CSV_LESION_METRICS = ("lesion_precision", "lesion_recall", "lesion_F1", "lesion_n_ref", "lesion_n_pred",
                       "lesion_fp", "lesion_fn")
+
+
+@dataclass
+class EvaluationSummary:
+    """``summary.json``: what :func:`evaluate_folders` returns and writes.
+
+    Keys of ``mean`` and of each case's ``metrics`` are region keys (``"1"``, ``"2"``, ``"1+2"``)::
+
+        metric_per_case: [{"case", "reference_file", "prediction_file",
+                           "metrics": {"1": {"Dice": ..}, "2": {..}, "1+2": {..}}, "clinical": {..}}]
+        mean:            {"1": {"Dice": ..}, ...}     NaN-skipping mean over cases
+        foreground_mean: {"Dice": ..}                 mean over the single labels' means
+        label_names:     {"1": "liver", "2": "tumor", "1+2": "all"}
+    """
+
+    metric_per_case: list[dict[str, Any]]
+    mean: dict[str, dict[str, float]]
+    foreground_mean: dict[str, float]
+    label_names: dict[str, str]
+    num_cases: int
+    missing_predictions: list[str] = field(default_factory=list)
+
+    def mean_dice(self) -> dict[str, float]:
+        """``{"liver": 0.95, "tumor": 0.41, "all": 0.96}`` (readable names)."""
+        return {self.label_names.get(k, k): v.get("Dice", float("nan")) for k, v in self.mean.items()}
+
+
+def map_cases(fn: Callable[[tuple], Any], jobs: list[tuple], num_workers: int, desc: str) -> list[Any]:
+    """``fn(job)`` for every job, in order, with a progress bar; ``num_workers > 1`` uses processes
+    (``fn`` must then be a module-level function)."""
+    progress = dict(total=len(jobs), desc=desc, unit="case")
+    if num_workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            return list(tqdm(pool.map(fn, jobs), **progress))
+    return [fn(job) for job in tqdm(jobs, **progress)]
 
 
 def strip_suffix(name: str) -> str | None:
@@ -145,20 +181,13 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
                      regions: Sequence[Sequence[int]] | None = None, out_json: Path | str | None = None,
                      out_csv: Path | str | None = None, num_workers: int = 1, *,
                      dataset_json: Path | str | None = None, label_names: dict[int, str] | None = None,
-                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True) -> dict:
+                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True) -> EvaluationSummary:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; write and return the summary.
 
     ``labels`` default to the foreground labels of ``dataset_json`` (or liver=1, tumor=2);
     ``regions`` default to all labels together (``dice_all``) when there are several.
     ``out_json`` defaults to ``pred_dir/summary.json``; ``out_csv`` to the same name with
-    ``.csv``. Returned/written summary::
-
-        {"metric_per_case": [{"case", "reference_file", "prediction_file",
-                              "metrics": {"1": {"Dice": ..}, "2": {..}, "1+2": {..}}}],
-         "mean": {"1": {"Dice": ..}, ...},          # NaN-skipping mean over cases
-         "foreground_mean": {"Dice": ..},           # mean over the single labels' means
-         "label_names": {"1": "liver", "2": "tumor", "1+2": "all"},
-         "num_cases": n, "missing_predictions": [...]}
+    ``.csv``. Returns the written :class:`EvaluationSummary`.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     names = dict(label_names) if label_names is not None else label_names_from_dataset_json(dataset_json)
@@ -174,22 +203,15 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
     ref_files, pred_files = list_label_files(ref_dir), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
     jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm) for c in cases]
-    progress = dict(total=len(jobs), desc="evaluate", unit="case")
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            per_case = list(tqdm(pool.map(_evaluate_case_star, jobs), **progress))
-    else:
-        per_case = [evaluate_case(*job) for job in tqdm(jobs, **progress)]
+    per_case = map_cases(_evaluate_case_star, jobs, num_workers, "evaluate")
 
     means = mean_metrics([c["metrics"] for c in per_case])
     label_keys = [region_key(v) for v in labels]
     common = [m for m in means[label_keys[0]] if all(m in means[k] for k in label_keys)]
     foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in common}
-    summary = {
-        "metric_per_case": per_case, "mean": means, "foreground_mean": foreground_mean,
-        "label_names": {region_key(r): region_name(r, names, labels) for r in all_regions},
-        "num_cases": len(per_case), "missing_predictions": missing_predictions,
-    }
+    summary = EvaluationSummary(per_case, means, foreground_mean,
+                                {region_key(r): region_name(r, names, labels) for r in all_regions},
+                                len(per_case), missing_predictions)
     out_json = Path(out_json) if out_json is not None else pred_dir / "summary.json"
     save_json(summary, out_json)
     write_metrics_csv(summary, Path(out_csv) if out_csv is not None else out_json.with_suffix(".csv"))
@@ -202,9 +224,9 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def csv_columns(summary: dict) -> list[tuple[str, str, str]]:
+def csv_columns(summary: EvaluationSummary) -> list[tuple[str, str, str]]:
     """``(column, region_key, metric)`` in report order: dice_all, per-label Dice/precision/recall, the rest."""
-    names: dict[str, str] = summary["label_names"]
+    names = summary.label_names
     singles = [k for k in names if "+" not in k]
     groups = [k for k in names if "+" in k]
     cols = [(f"dice_{names[k]}", k, "Dice") for k in groups if names[k] == "all"]
@@ -213,7 +235,7 @@ def csv_columns(summary: dict) -> list[tuple[str, str, str]]:
     for k in groups:
         first = ("precision", "recall") if names[k] == "all" else CSV_FIRST_METRICS
         cols += [(f"{m.lower()}_{names[k]}", k, m) for m in first]
-    available = summary["mean"]
+    available = summary.mean
     for k in singles + groups:
         cols += [(f"{m.lower()}_{names[k]}", k, m) for m in CSV_OTHER_METRICS if m in available[k]]
         cols += [(m.lower(), k, m) for m in CSV_LESION_METRICS if m in available[k]]
@@ -226,13 +248,13 @@ def _fmt(value: float) -> str:
     return format(float(value), ".6g")
 
 
-def write_metrics_csv(summary: dict, path: Path) -> None:
+def write_metrics_csv(summary: EvaluationSummary, path: Path) -> None:
     """One row per case plus a final ``mean`` row (NaN-skipping), written atomically."""
     cols = csv_columns(summary)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["case"] + [c[0] for c in cols])
-    for case in summary["metric_per_case"]:
+    for case in summary.metric_per_case:
         writer.writerow([case["case"]] + [_fmt(case["metrics"][k][m]) for _, k, m in cols])
-    writer.writerow(["mean"] + [_fmt(summary["mean"][k][m]) for _, k, m in cols])
+    writer.writerow(["mean"] + [_fmt(summary.mean[k][m]) for _, k, m in cols])
     atomic_write_bytes(path, buf.getvalue().encode())

@@ -35,13 +35,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-Region = tuple[int, ...]
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+from autoseg.model.postprocessing import connected_components
+from autoseg.overlap import dice_from_counts
 
-OVERLAP_METRICS = ("Dice", "IoU", "precision", "recall", "VOE", "RVD")
-SURFACE_METRICS = ("HD95_mm", "ASSD_mm")
-LESION_METRICS = ("lesion_precision", "lesion_recall", "lesion_F1", "lesion_n_ref", "lesion_n_pred",
-                  "lesion_detected", "lesion_tp_pred", "lesion_fp", "lesion_fn")
+Region = tuple[int, ...]
 
 
 def as_region(label_or_region: int | Sequence[int]) -> Region:
@@ -114,7 +111,7 @@ def overlap_metrics(tp: int, fp: int, fn: int) -> dict[str, float]:
         rvd = (n_pred - n_ref) / n_ref
     else:
         rvd = float("inf") if n_pred > 0 else float("nan")
-    return {"Dice": _ratio(2 * tp, 2 * tp + fp + fn), "IoU": iou, "precision": _ratio(tp, n_pred),
+    return {"Dice": float(dice_from_counts(tp, fp, fn)), "IoU": iou, "precision": _ratio(tp, n_pred),
             "recall": _ratio(tp, n_ref), "VOE": 1.0 - iou, "RVD": float(rvd),
             "TP": tp, "FP": fp, "FN": fn, "n_ref": n_ref, "n_pred": n_pred}
 
@@ -165,13 +162,6 @@ def surface_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing_zyx: Se
     hd95 = max(float(np.percentile(d_pred_ref, 95)), float(np.percentile(d_ref_pred, 95)))
     assd = float((d_pred_ref.sum() + d_ref_pred.sum()) / (d_pred_ref.size + d_ref_pred.size))
     return {"HD95_mm": hd95, "ASSD_mm": assd}
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected (3D; 8 in 2D) components: (label array with ids 1..n, n)."""
-    structure = np.ones((3,) * mask.ndim, dtype=bool)
-    labelled, n = ndimage.label(mask, structure=structure)
-    return labelled, int(n)
 
 
 def lesion_detection(ref_mask: np.ndarray, pred_mask: np.ndarray) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Connected-component postprocessing, decided on cross-validation predictions.
 
-The rules are nnU-Net's: first try keeping only the largest connected component of all
+The rules (:class:`~autoseg.model.postprocessing.PostprocessingRules`) are nnU-Net's: first try keeping only the largest connected component of all
 foreground together (a liver is one organ, so stray blobs are false positives); then, per
 label, try keeping only that label's largest component. A step is kept when it raises the
 mean foreground Dice (mean over labels of the NaN-skipping mean over cases) and lowers no
@@ -14,75 +14,19 @@ not the surrounding label.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.evaluation.evaluate import list_label_files, match_cases
-from autoseg.evaluation.metrics import confusion_matrix, connected_components, region_counts
+from autoseg.evaluation.evaluate import list_label_files, map_cases, match_cases
+from autoseg.evaluation.metrics import confusion_matrix, region_counts
 from autoseg.io.images import read_image, write_image
-from autoseg.io.json_io import load_dataclass, save_json
-
-RULES_FILE = "postprocessing.json"
-
-
-@dataclass
-class PostprocessingRules:
-    """What :func:`apply_postprocessing` does; saved as ``postprocessing.json``.
-
-    ``evidence`` records the mean Dice per label before/after each trial so a reader can see
-    why a step was kept or rejected (``{"foreground_lcc": {"before": {"1": ..}, "after": {..}}}``).
-    """
-
-    keep_largest_foreground: bool = False
-    keep_largest_for_labels: list[int] = field(default_factory=list)
-    evidence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-
-
-def save_rules(rules: PostprocessingRules, path: Path | str) -> None:
-    save_json(rules, path)
-
-
-def load_rules(path: Path | str) -> PostprocessingRules:
-    return load_dataclass(PostprocessingRules, path)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with everything but its largest 26-connected component removed (ties: lowest id)."""
-    labelled, n = connected_components(mask)
-    if n <= 1:
-        return mask.copy()
-    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    return labelled == int(np.argmax(sizes))
-
-
-def keep_largest_foreground(seg: np.ndarray) -> np.ndarray:
-    """Zero every label outside the largest component of ``seg > 0``."""
-    out = seg.copy()
-    out[(seg > 0) & ~largest_component(seg > 0)] = 0
-    return out
-
-
-def keep_largest_of_label(seg: np.ndarray, label: int) -> np.ndarray:
-    """Zero the voxels of ``label`` outside that label's largest component."""
-    mask = seg == label
-    out = seg.copy()
-    out[mask & ~largest_component(mask)] = 0
-    return out
-
-
-def apply_postprocessing(seg: np.ndarray, rules: PostprocessingRules) -> np.ndarray:
-    """Apply ``rules`` to a (Z, Y, X) label map; returns a new array of the same dtype."""
-    out = keep_largest_foreground(seg) if rules.keep_largest_foreground else seg.copy()
-    for label in rules.keep_largest_for_labels:
-        out = keep_largest_of_label(out, int(label))
-    return out
-
+from autoseg.model.postprocessing import (PostprocessingRules, apply_postprocessing, keep_largest_foreground,
+                                          keep_largest_of_label, save_rules)
+from autoseg.overlap import dice_from_counts
+from autoseg.paths import POSTPROCESSING_FILE
 
 def _dice_counts(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """(len(labels), 3) array of tp, fp, fn per label."""
@@ -109,10 +53,7 @@ def _trial_counts_star(args: tuple) -> dict[str, np.ndarray]:
 
 def mean_dice(counts: np.ndarray) -> np.ndarray:
     """Per-label mean Dice over cases from (cases, labels, 3) tp/fp/fn counts; NaN cases skipped."""
-    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    den = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+    dice = dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])
     out = np.full(dice.shape[1], np.nan)
     for j in range(dice.shape[1]):
         col = dice[:, j][~np.isnan(dice[:, j])]
@@ -148,12 +89,7 @@ def determine_postprocessing(ref_dir: Path | str, pred_dir: Path | str, labels: 
     ref_files, pred_files = list_label_files(ref_dir), list_label_files(pred_dir)
     cases, _ = match_cases(ref_files, pred_files, pred_dir, None)
     jobs = [(ref_files[c], pred_files[c], labels) for c in cases]
-    progress = dict(total=len(jobs), desc="postprocessing", unit="case")
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            trials = list(tqdm(pool.map(_trial_counts_star, jobs), **progress))
-    else:
-        trials = [_trial_counts(*job) for job in tqdm(jobs, **progress)]
+    trials = map_cases(_trial_counts_star, jobs, num_workers, "postprocessing")
     stacked = {k: np.stack([t[k] for t in trials]) for k in trials[0]}
 
     def as_dict(values: np.ndarray) -> dict[str, float]:
@@ -175,7 +111,7 @@ def determine_postprocessing(ref_dir: Path | str, pred_dir: Path | str, labels: 
             rules.keep_largest_for_labels.append(label)
             current_counts = trial_counts
 
-    target = Path(rules_json) if rules_json is not None else Path(out_dir or pred_dir) / RULES_FILE
+    target = Path(rules_json) if rules_json is not None else Path(out_dir or pred_dir) / POSTPROCESSING_FILE
     save_rules(rules, target)
     if out_dir is not None:
         for case in tqdm(cases, desc="apply postprocessing", unit="case"):

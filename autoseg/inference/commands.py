@@ -14,7 +14,7 @@ from autoseg.errors import AutosegError
 def _folds(tokens: list[str] | None) -> list[str] | None:
     if not tokens:
         return None
-    from autoseg.trainers.splits import parse_folds
+    from autoseg.datasets.splits import parse_folds
     return parse_folds(tokens)
 
 
@@ -56,7 +56,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                    help="write uncertainty/<case>_uncertainty.nii.gz (variance over passes), _entropy.nii.gz and _uncertainty.json")
     p.add_argument("--no-postprocessing", action="store_true", help="ignore the model's postprocessing.json")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
-    p.add_argument("-np", "--num-processes", type=int, default=2, help="export workers (threads; default 2)")
+    p.add_argument("--export-threads", type=int, default=2,
+                   help="threads mapping finished predictions back and writing them while the next case runs (default 2)")
     p.add_argument("--memory-gb", type=float, default=8.0,
                    help="host memory to plan for: exports overlap the next prediction only when both fit (default 8)")
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many disjoint parts (default 1)")
@@ -69,14 +70,17 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
 def run_predict(a: argparse.Namespace) -> int:
     from autoseg.inference.inputs import discover_cases
     from autoseg.inference.ensemble import predict_ensemble
-    from autoseg.inference.model import TrainedModel, default_configurations, extract_model
-    from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases, resolve_device
+    from autoseg.model.package import extract_model
+    from autoseg.model.selection import default_configurations
+    from autoseg.model.trained import TrainedModel
+    from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases
+    from autoseg.networks.device import resolve_device
 
     if a.weights and a.ensemble != "weighted":
         raise AutosegError("--weights needs --ensemble weighted")
     options = PredictOptions(step=a.step, amp=a.amp, mirror=not a.no_tta, ensemble=a.ensemble, weights=a.weights,
                              device=resolve_device(a.device), save_probabilities=a.save_probabilities, uncertainty=a.uncertainty,
-                             postprocess=not a.no_postprocessing, overwrite=a.overwrite, num_export_workers=a.num_processes,
+                             postprocess=not a.no_postprocessing, overwrite=a.overwrite, num_export_workers=a.export_threads,
                              num_parts=a.num_parts, part_id=a.part_id, memory_gb=a.memory_gb,
                              prev_stage_dir=Path(a.prev_stage_predictions).expanduser() if a.prev_stage_predictions else None)
     with contextlib.ExitStack() as stack:
@@ -115,7 +119,7 @@ def configure_ensemble(p: argparse.ArgumentParser) -> None:
 
 
 def run_ensemble(a: argparse.Namespace) -> int:
-    from autoseg.evaluation.postprocessing import load_rules
+    from autoseg.model.postprocessing import load_rules
     from autoseg.inference.ensemble import ensemble_folders
     rules = load_rules(a.postprocessing) if a.postprocessing else None
     s = ensemble_folders(a.inputs, a.output, a.weights, rules, a.save_probabilities)
@@ -135,7 +139,7 @@ def configure_export_model(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_model(a: argparse.Namespace) -> int:
-    from autoseg.inference.model import export_model
+    from autoseg.model.package import export_model
     dataset_dir = results_dataset(a.dataset)
     out = export_model(dataset_dir.name, a.output, a.configurations, _folds(a.folds), a.checkpoint)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with: autoseg predict --model {out} -i IN -o OUT")

@@ -23,38 +23,15 @@ import numpy as np
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
-from autoseg.inference.export import ProbabilityInfo, load_probabilities, write_probabilities
 from autoseg.inference.inputs import InputCase
-from autoseg.inference.model import TrainedModel, ensemble_rules_file
 from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, cases_to_predict, predict_cases
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import write_image
-
-
-def combine(probabilities: Sequence[np.ndarray], weights: Sequence[float], label_values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted sum of (K, Z, Y, X) probability arrays: (uint8 argmax labels, float32 max probability).
-
-    Computed class by class; ties go to the lower class. ``label_values[k]`` is class k's label.
-    """
-    best = labels = None
-    for k in range(probabilities[0].shape[0]):
-        pk = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
-        for p, w in zip(probabilities, weights):
-            pk += np.float32(w) * p[k]
-        if best is None:
-            best, labels = pk, np.full(pk.shape, label_values[0], dtype=np.uint8)
-            continue
-        better = pk > best
-        best[better] = pk[better]
-        assert labels is not None
-        labels[better] = label_values[k]
-    assert best is not None and labels is not None
-    return labels, best
-
-
-def _cases(folder: Path) -> set[str]:
-    return {p.name[: -len("_probabilities.npz")] for p in folder.glob("*_probabilities.npz") if not p.name.startswith(".")}
+from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
+from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine, load_probabilities,
+                                         write_probabilities)
+from autoseg.model.selection import ensemble_rules_file
+from autoseg.model.trained import TrainedModel
 
 
 @dataclass
@@ -74,7 +51,7 @@ def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights:
         if not f.is_dir():
             raise AutosegError(f"{f}: folder not found")
     w = normalized_weights(weights, len(folders), "input folder")
-    per_folder = [_cases(f) for f in folders]
+    per_folder = [cases_with_probabilities(f) for f in folders]
     all_cases = sorted(set().union(*per_folder))
     if not all_cases:
         raise AutosegError(f"{folders[0]}: no <case>_probabilities.npz files; predict with --save-probabilities first")

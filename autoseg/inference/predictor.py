@@ -29,16 +29,16 @@ import torch
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.inference.export import export_prediction, map_to_original, segment
+from autoseg.inference.export import export_prediction, segment
 from autoseg.inference.inputs import InputCase, read_input_case
-from autoseg.inference.model import TrainedModel
 from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
 from autoseg.io.json_io import save_json
+from autoseg.model.trained import TrainedModel
 from autoseg.preprocessing.case_store import CaseProperties
-from autoseg.preprocessing.preprocessor import preprocess_case
-from autoseg.preprocessing.resampling import resample_segmentation
+from autoseg.preprocessing.inverse import map_to_original
+from autoseg.preprocessing.preprocessor import onehot_previous_stage, preprocess_case
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ class PredictSummary:
         return out + "".join(f"\n  failed {c}: {m}" for c, m in sorted(self.failed.items()))
 
 
-def resolve_device(name: str | None) -> str:
-    """``None`` -> the best available (cuda, mps, cpu); an unavailable choice is an error."""
-    cuda, mps = torch.cuda.is_available(), bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if name is None:
-        return "cuda" if cuda else ("mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise AutosegError(f"--device {name}: not available on this machine; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise AutosegError(f"--device {name}: choose cpu, cuda or mps")
-    return name
-
-
 def select_part(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
     """Part ``part_id`` of ``num_parts`` disjoint shares: sorted cases ``[part_id::num_parts]``."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -126,19 +114,6 @@ class Predictor:
         probs = self.probabilities(data)
         with torch.inference_mode():
             return segment(probs, props, self.model.plans, self.model.config)[0]
-
-
-def onehot_previous_stage(seg: np.ndarray, props: CaseProperties, model: TrainedModel) -> np.ndarray:
-    """A (Z, Y, X) mask in the input grid -> float32 (K - 1, *preprocessed) one-hot of the foreground labels."""
-    plans, r = model.plans, model.config.resampling
-    tf = plans.transpose_forward
-    box = tuple(slice(a, b) for a, b in props.bbox_zyx)
-    seg_t = np.transpose(seg[box], tf)[None]
-    spacing_t = [props.original_geometry.spacing_zyx[i] for i in tf]
-    seg_pre = resample_segmentation(seg_t, props.shape_after_resampling, spacing_t, props.spacing_after_resampling,
-                                    r.order_seg, r.order_seg_z, r.anisotropy_threshold)[0]
-    fg = sorted(int(v) for v in plans.labels.values())[1:]
-    return np.stack([(seg_pre == v) for v in fg]).astype(np.float32)
 
 
 def _read_previous(folder: Path, case: InputCase, geometry: Geometry) -> np.ndarray:
@@ -203,7 +178,7 @@ class CasePipeline:
             if prev is None:
                 assert self.first_stage is not None and item.lowres is not None
                 prev = self.first_stage.segment(*item.lowres)
-            data = np.concatenate([data, onehot_previous_stage(prev, item.props, self.model)])
+            data = np.concatenate([data, onehot_previous_stage(prev, item.props, self.model.plans, self.model.config)])
         collector = UncertaintyCollector(self.model.num_classes) if self.options.uncertainty else None
         return self.predictor.probabilities(data, collector), collector
 

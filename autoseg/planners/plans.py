@@ -101,6 +101,10 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     memory_model: str = ""
 
+    def transposed(self, values_zyx: "list | tuple") -> list:
+        """Per-axis (Z, Y, X) values in the network's axis order: ``values_zyx[transpose_forward[i]]``."""
+        return [values_zyx[i] for i in self.transpose_forward]
+
     def save(self, path: Path | str) -> None:
         save_json(self, path)
 

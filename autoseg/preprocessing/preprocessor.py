@@ -20,7 +20,7 @@ MAX_LOCATIONS_PER_CLASS = 10_000
 
 def target_spacing(plans: Plans, config: ConfigurationPlan, spacing_zyx: list[float]) -> list[float]:
     """Target spacing in transposed order; 2D configurations keep the slice axis' own spacing."""
-    sp_t = [spacing_zyx[i] for i in plans.transpose_forward]
+    sp_t = plans.transposed(spacing_zyx)
     if config.dim == 2:
         return [sp_t[0]] + list(config.spacing_mm)
     return list(config.spacing_mm)
@@ -56,7 +56,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
     shape_crop = list(data.shape[1:])
     tf = [0] + [1 + a for a in plans.transpose_forward]
     data = normalize(np.transpose(data, tf), config.normalization)
-    spacing_t = [geometry.spacing_zyx[i] for i in plans.transpose_forward]
+    spacing_t = plans.transposed(geometry.spacing_zyx)
     new_sp = target_spacing(plans, config, geometry.spacing_zyx)
     new_shape = compute_new_shape(data.shape[1:], spacing_t, new_sp)
     r = config.resampling
@@ -72,3 +72,19 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
                            spacing_after_resampling=[float(s) for s in new_sp], shape_after_resampling=list(new_shape),
                            class_locations=locs)
     return data, seg_out, props
+
+
+def onehot_previous_stage(seg: np.ndarray, props: CaseProperties, plans: Plans, config: ConfigurationPlan) -> np.ndarray:
+    """A cascade's first-stage mask (Z, Y, X) in the input grid -> float32 (K - 1, *preprocessed)
+    one-hot of the foreground labels in ascending order, mapped onto the grid of ``props``
+    exactly as the image was (crop, transpose, resample as a segmentation).
+
+    Used both to build the cascade's training inputs and at prediction time.
+    """
+    r = config.resampling
+    box = tuple(slice(a, b) for a, b in props.bbox_zyx)
+    seg_t = np.transpose(seg[box], plans.transpose_forward)[None]
+    seg_pre = resample_segmentation(seg_t, props.shape_after_resampling, plans.transposed(props.original_geometry.spacing_zyx),
+                                    props.spacing_after_resampling, r.order_seg, r.order_seg_z, r.anisotropy_threshold)[0]
+    fg = sorted(int(v) for v in plans.labels.values())[1:]
+    return np.stack([(seg_pre == v) for v in fg]).astype(np.float32)

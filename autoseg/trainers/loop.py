@@ -26,12 +26,12 @@ from autoseg.planners.plans import ConfigurationPlan
 from autoseg.trainers import distributed as dist_utils
 from autoseg.trainers.augmentation import (build_train_transforms_from_settings, build_val_transforms,
                                            deep_supervision_scales, default_augmentation_settings)
-from autoseg.trainers.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
+from autoseg.model.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
 from autoseg.trainers.loader import BackgroundLoader
 from autoseg.trainers.losses import build_loss
 from autoseg.trainers.progress import ProgressLog
 from autoseg.trainers.sampling import PatchSampler
-from autoseg.trainers.training_config import TrainingConfig
+from autoseg.model.training_config import TrainingConfig
 
 log = logging.getLogger("autoseg")
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
 class TrainingConfig:
     """Everything a fold was trained with (defaults follow nnU-Net).
 
-    ``num_input_channels`` includes the cascade's one-hot channels of the previous stage.
+    ``num_input_channels`` includes the cascade's one-hot channels of the previous stage;
+    ``num_classes`` is the plan's (``Plans.num_classes``). Patch size and topology are not
+    repeated here: they are the plan's, copied beside the folds.
     """
 
     dataset: str
     configuration: str
     fold: str
+    num_input_channels: int
+    num_classes: int
     network: str = "unet"
     loss: str = "dice_ce"
     class_weights: list[float] | None = None
@@ -28,15 +32,12 @@ class TrainingConfig:
     iters_per_epoch: int = 250
     val_iters: int = 50
     batch_size: int = 2
-    patch_size: list[int] = field(default_factory=list)
     oversample_foreground: float = 0.33
     seed: int = 12345
     num_workers: int = 2
     device: str = "cpu"
     amp: str = "auto"
     deep_supervision: bool = True
-    num_input_channels: int = 1
-    num_classes: int = 3
     checkpoint_every: int = 50
     pretrained: str | None = None
     previous_stage: str | None = None

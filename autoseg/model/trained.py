@@ -1,4 +1,4 @@
-"""A trained model on disk: one configuration's folds, and packing models into one zip.
+"""A trained model on disk: one configuration's plan, labels, postprocessing and fold checkpoints.
 
 Layout read (written by ``autoseg train`` / ``find_best_configuration``)::
 
@@ -8,16 +8,11 @@ Layout read (written by ``autoseg train`` / ``find_best_configuration``)::
             plans.json  dataset.json  dataset_fingerprint.json   copies made by the trainer
             postprocessing.json            optional (model selection)
             fold_<f>/checkpoint_final.pth  checkpoint_best.pth  training.json
-
-A zip made by :func:`export_model` holds the same tree under ``<Dataset>/`` and is used by
-``autoseg predict --model model.zip`` after a safe extraction (entries that would land
-outside the target folder are refused).
 """
 
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,15 +23,14 @@ from torch import nn
 from autoseg import paths
 from autoseg.datasets.layout import DatasetInfo, load_dataset_info
 from autoseg.errors import AutosegError
-from autoseg.evaluation.postprocessing import RULES_FILE, PostprocessingRules, load_rules
-from autoseg.io.json_io import load_dataclass, load_json
+from autoseg.io.json_io import load_dataclass
+from autoseg.model.checkpoint import load_checkpoint, strip_module_prefix
+from autoseg.model.postprocessing import PostprocessingRules, load_rules
+from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
-from autoseg.trainers.checkpoint import load_checkpoint, strip_module_prefix
-from autoseg.trainers.training_config import TrainingConfig
+from autoseg.paths import POSTPROCESSING_FILE
 
-DEFAULT_CONFIGURATION = "3d_fullres"
-BEST_FILE = "best_configuration.json"
 _FOLD = re.compile(r"^fold_(.+)$")
 
 
@@ -49,28 +43,6 @@ class FoldModel:
 
 def _fold_key(fold: str) -> tuple[int, str]:
     return (0, f"{int(fold):06d}") if fold.isdigit() else (1, fold)
-
-
-def default_configurations(dataset_dir: Path) -> list[str]:
-    """What ``predict`` uses without ``-c``: the ensemble members that ``best_configuration.json``
-    names (model selection chose an ensemble), else its configuration, else 3d_fullres.
-
-    Example: ``{"configuration": "2d", "ensemble": ["2d", "3d_fullres"]}`` -> ``["2d", "3d_fullres"]``.
-    """
-    best = Path(dataset_dir) / BEST_FILE
-    if best.is_file():
-        data = load_json(best)
-        if isinstance(data, dict):
-            if isinstance(data.get("ensemble"), list) and len(data["ensemble"]) > 1:
-                return [str(c) for c in data["ensemble"]]
-            if data.get("configuration"):
-                return [str(data["configuration"])]
-    return [DEFAULT_CONFIGURATION]
-
-
-def ensemble_rules_file(dataset_dir: Path, configurations: Sequence[str]) -> Path:
-    """Where model selection puts the postprocessing rules of an ensemble of ``configurations``."""
-    return Path(dataset_dir) / "crossval" / ("ensemble__" + "__".join(configurations)) / RULES_FILE
 
 
 class TrainedModel:
@@ -94,7 +66,7 @@ class TrainedModel:
             raise AutosegError(f"{self.folder / 'plans.json'}: has no configuration '{configuration}'")
         self.config: ConfigurationPlan = self.plans.configurations[configuration]
         self.dataset_info: DatasetInfo = load_dataset_info(self._artefact("dataset.json").parent)
-        rules = self.folder / RULES_FILE
+        rules = self.folder / POSTPROCESSING_FILE
         self.postprocessing: PostprocessingRules | None = load_rules(rules) if rules.is_file() else None
         if checkpoint not in ("final", "best"):
             raise AutosegError(f"--checkpoint {checkpoint}: choose final or best")
@@ -149,12 +121,12 @@ class TrainedModel:
 
     @property
     def num_classes(self) -> int:
-        return len(self.plans.labels)
+        return self.plans.num_classes
 
     @property
     def patch_size(self) -> list[int]:
-        p = self.folds[0].training.patch_size
-        return list(p) if p else list(self.config.patch_size)
+        """The plan's patch size (the plan the folds were trained with is copied beside them)."""
+        return list(self.config.patch_size)
 
     def load_networks(self, device: str | torch.device = "cpu") -> list[nn.Module]:
         """One eval-mode network per fold, weights loaded with ``weights_only=True``."""
@@ -170,72 +142,3 @@ class TrainedModel:
                                    f"({str(e).splitlines()[0][:120]}); check training.json or retrain") from None
             nets.append(net.to(device).eval())
         return nets
-
-
-def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
-    if path.is_file():
-        zf.write(path, arcname)
-
-
-def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str] | None = None,
-                 folds: Sequence[str] | None = None, checkpoint: str = "final") -> Path:
-    """Zip the chosen configurations' folds (checkpoint + training.json) with plans, dataset.json,
-    fingerprint, postprocessing.json and best_configuration.json; returns the zip's path.
-
-    ``configurations=None``: what ``predict`` would use (:func:`default_configurations`: the
-    chosen ensemble's members with its postprocessing rules, or one configuration).
-    """
-    ddir = paths.results_dataset_dir(dataset)
-    confs = list(configurations) if configurations else default_configurations(ddir)
-    members = list(confs)
-    for conf in list(confs):  # a cascade needs its first stage
-        prev = TrainedModel(ddir, conf, folds, checkpoint).config.previous_stage
-        if prev and prev not in confs:
-            confs.append(prev)
-    out_zip = Path(out_zip).expanduser()
-    out_zip.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_zip.with_name(f".{out_zip.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        _add(zf, ddir / BEST_FILE, f"{dataset}/{BEST_FILE}")
-        if len(members) > 1:
-            rules = ensemble_rules_file(ddir, members)
-            _add(zf, rules, rules.relative_to(ddir.parent).as_posix())
-        for conf in confs:
-            model = TrainedModel(ddir, conf, folds, checkpoint)
-            for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
-                for src in (model.folder / name, paths.preprocessed_dataset_dir(dataset) / name):
-                    if src.is_file():
-                        zf.write(src, f"{dataset}/{conf}/{name}")
-                        break
-            _add(zf, model.folder / RULES_FILE, f"{dataset}/{conf}/{RULES_FILE}")
-            for f in model.folds:
-                _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
-                _add(zf, f.checkpoint.parent / "training.json", f"{dataset}/{conf}/fold_{f.fold}/training.json")
-    tmp.replace(out_zip)
-    return out_zip
-
-
-def extract_model(zip_path: Path | str, target: Path | str) -> Path:
-    """Extract a model zip into ``target``; returns the dataset folder (the zip's single top folder).
-
-    Entries with absolute paths or ``..`` that would land outside ``target`` are refused.
-    """
-    zip_path, target = Path(zip_path).expanduser(), Path(target).resolve()
-    if not zip_path.is_file():
-        raise AutosegError(f"{zip_path}: model zip not found")
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise AutosegError(f"{zip_path}: not a zip file; pass a file made by 'autoseg export_model'") from None
-    with zf:
-        names = zf.namelist()
-        for n in names:
-            dest = (target / n).resolve()
-            if n.startswith(("/", "\\")) or (dest != target and target not in dest.parents):
-                raise AutosegError(f"{zip_path}: entry '{n}' would be written outside the extraction folder; refusing this zip")
-        tops = {n.split("/", 1)[0] for n in names if n.strip("/")}
-        if len(tops) != 1:
-            raise AutosegError(f"{zip_path}: expected one dataset folder at the top, found {sorted(tops) or 'none'}; "
-                               f"pass a file made by 'autoseg export_model'")
-        zf.extractall(target)
-    return target / tops.pop()

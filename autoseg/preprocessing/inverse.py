@@ -1,0 +1,45 @@
+"""The inverse of :func:`~autoseg.preprocessing.preprocessor.preprocess_case`: from the network's
+grid back onto the input image, exactly.
+
+The preprocessed grid is the input cropped to its nonzero box, transposed
+(``Plans.transpose_forward``) and resampled to the plan's spacing. Undoing it for one map:
+resample to the cropped shape (linear in-plane; nearest along a coarse axis when the spacing
+is anisotropic: ``ResamplingSettings.order_seg`` / ``order_seg_z``), transpose back, then paste
+into the original (Z, Y, X) grid at the crop box. Outside the box is ``fill``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.preprocessing.case_store import CaseProperties
+from autoseg.preprocessing.resampling import resample_image
+
+
+def to_cropped_grid(channel: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan) -> np.ndarray:
+    """One (1, *preprocessed) map -> float32 (Z, Y, X) array of the crop box in original axis order.
+
+    The result may be a non-contiguous view (transpose); resampling is skipped when the
+    grids already agree.
+    """
+    crop_t = plans.transposed(props.shape_after_crop_zyx)
+    spacing_t = plans.transposed(props.original_geometry.spacing_zyx)
+    r = config.resampling
+    out = resample_image(channel.numpy(), crop_t, props.spacing_after_resampling, spacing_t,
+                         r.order_seg, r.order_seg_z, r.anisotropy_threshold)
+    return np.transpose(out[0], plans.transpose_backward)
+
+
+def paste(cropped: np.ndarray, props: CaseProperties, fill: float, dtype: np.dtype) -> np.ndarray:
+    """Put a crop-box array into a ``fill``-valued array of the original (Z, Y, X) shape."""
+    full = np.full(props.original_geometry.shape_zyx, fill, dtype=dtype)
+    full[tuple(slice(a, b) for a, b in props.bbox_zyx)] = cropped
+    return full
+
+
+def map_to_original(values: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
+                    fill: float = 0.0) -> np.ndarray:
+    """A (Z', Y', X') map in the preprocessed grid -> float32 (Z, Y, X) in the input grid."""
+    return paste(to_cropped_grid(values[None], props, plans, config), props, fill, np.float32)

@@ -1,0 +1,152 @@
+"""``autoseg train``: resolve dataset/configuration/folds, then train each fold in turn.
+
+Fold validation after training (predict + evaluate) is downstream of this stage: the train
+command in :mod:`autoseg.crossval` passes it in as ``after_fold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from autoseg import paths
+from autoseg.datasets.splits import fold_cases, load_or_create_splits, parse_folds
+from autoseg.errors import AutosegError
+from autoseg.io.json_io import load_json, save_json
+from autoseg.model.training_config import TrainingConfig
+from autoseg.networks.builder import NETWORKS
+from autoseg.networks.device import DEVICES, resolve_device
+from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.preprocessing.case_store import list_preprocessed_cases
+from autoseg.trainers import distributed as dist_utils
+from autoseg.trainers.losses import LOSS_NAMES
+
+AfterFold = Callable[[str, str, str, list[str], str, str], object]  # (dataset, configuration, fold, val ids, device, amp)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def configure_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset", default=None, help="dataset (name, DatasetNNN_Name, id); optional when only one exists")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres")
+    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s): 0, '0 1 2', 0..4 or all (default 0)")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--val-iters", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
+    p.add_argument("--device", choices=DEVICES, default=None, help="default: best available")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision: auto = on CUDA, and bfloat16 on CPUs with native bf16 (avx512_bf16/amx)")
+    p.add_argument("--network", choices=sorted(NETWORKS), default="unet")
+    p.add_argument("--loss", default="dice_ce", choices=LOSS_NAMES)
+    p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-2 (sgd) / 3e-4 (adam)")
+    p.add_argument("--pretrained", default=None, help="checkpoint whose matching weights initialise the network")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("-np", "--num-processes", "--num-workers", dest="num_workers", type=int, default=None,
+                   help="data loading worker processes (default: cores - 1; 0 loads in the main process)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="save checkpoint_latest every N epochs (default 50)")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoint_latest and start over")
+    p.add_argument("--no-validation", action="store_true", help="skip predicting the validation cases at the end")
+
+
+RESUME_KEYS = ("network", "loss", "class_weights", "optimizer", "num_input_channels", "num_classes")
+
+
+def _check_resumable(out, cfg: TrainingConfig, restart: bool) -> None:
+    """Refuse to resume a fold folder that was trained with another network/loss/patch."""
+    old = out / "training.json"
+    if restart or not (out / "checkpoint_latest.pth").is_file() or not old.is_file():
+        return
+    prev = load_json(old)
+    diff = [k for k in RESUME_KEYS if k in prev and prev[k] != asdict(cfg)[k]]
+    if diff:
+        raise AutosegError(f"{out}: was trained with other settings ({', '.join(f'{k}={prev[k]}' for k in diff)}); "
+                           f"add --restart to overwrite it, or set AUTOSEG_RESULTS to another folder for this experiment")
+
+
+@dataclass
+class TrainingData:
+    """What every fold of one ``autoseg train`` call trains on."""
+
+    dataset: str
+    plans: Plans
+    config: ConfigurationPlan
+    folder: Path
+    in_channels: int
+    cases: list[str]
+    splits: list[dict[str, list[str]]]
+
+
+def training_data(dataset: str | None, configuration: str, seed: int) -> TrainingData:
+    """Resolve the dataset, its plan and preprocessed cases (building a cascade's inputs), and the splits."""
+    name = paths.resolve_dataset(dataset)
+    pp = paths.preprocessed_dataset_dir(name)
+    if not (pp / "plans.json").is_file():
+        raise AutosegError(f"{pp / 'plans.json'}: not found; run 'autoseg plan_and_preprocess -d {name}' first")
+    plans = Plans.load(pp / "plans.json")
+    if configuration not in plans.configurations:
+        raise AutosegError(f"configuration {configuration!r} is not in {pp / 'plans.json'} (planned: {', '.join(plans.configurations)})")
+    config = plans.configurations[configuration]
+    folder, in_channels = pp / config.data_identifier, plans.num_input_channels
+    if config.previous_stage:
+        from autoseg.trainers.cascade import prepare_cascade_data
+        folder = pp / prepare_cascade_data(name, plans, configuration)
+        in_channels += plans.num_classes - 1
+    cases = list_preprocessed_cases(folder)
+    if not cases:
+        raise AutosegError(f"{folder}: no preprocessed cases; run 'autoseg plan_and_preprocess -d {name} -c {configuration}'")
+    splits = load_or_create_splits(pp / "splits_final.json", cases, seed=seed)
+    return TrainingData(name, plans, config, folder, in_channels, cases, splits)
+
+
+def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
+    """The fold's :class:`TrainingConfig` from the command line and the plan."""
+    return TrainingConfig(
+        dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
+        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=a.class_weights,
+        optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
+        epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters,
+        batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
+        num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
+        checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage)
+
+
+def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:
+    """plans.json, dataset.json and the fingerprint beside the folds: the trained model's plan."""
+    pp, conf_dir = paths.preprocessed_dataset_dir(data.dataset), paths.results_dataset_dir(data.dataset) / configuration
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for f in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        if (pp / f).is_file():
+            shutil.copyfile(pp / f, conf_dir / f)
+
+
+def run_train(a: argparse.Namespace, after_fold: AfterFold | None = None) -> int:
+    """Train the requested folds in turn; ``after_fold`` (fold validation) runs on the main rank after each."""
+    data = training_data(a.dataset, a.configuration, a.seed)
+    device = resolve_device(a.device)
+    main_rank = dist_utils.context().is_main
+    if main_rank:
+        _copy_plan_artefacts(data, a.configuration)
+    from autoseg.trainers.loop import train_fold
+    for fold in parse_folds(a.folds):
+        train_ids, val_ids = fold_cases(data.splits, fold, data.cases)
+        cfg = fold_config(a, data, fold, device)
+        out = paths.fold_dir(data.dataset, a.configuration, fold)
+        out.mkdir(parents=True, exist_ok=True)
+        _check_resumable(out, cfg, a.restart)
+        if main_rank:
+            save_json(asdict(cfg), out / "training.json")
+            print(f"training {data.dataset} {a.configuration} fold {fold}: {len(train_ids)} train / {len(val_ids)} val cases, "
+                  f"patch {data.config.patch_size}, batch {cfg.batch_size}, {cfg.network}, {device}")
+        train_fold(cfg, data.config, data.folder, out, train_ids, val_ids, restart=a.restart)
+        if after_fold is not None and main_rank:
+            after_fold(data.dataset, a.configuration, fold, val_ids, device, a.amp)
+    return 0

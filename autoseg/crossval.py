@@ -12,6 +12,7 @@ This module composes stages (training, inference, evaluation), so it sits above 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from autoseg import paths
@@ -27,6 +28,7 @@ from autoseg.trainers.commands import run_train as _run_training
 def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str], device: str,
                   amp: str = "auto") -> EvaluationSummary:
     """Predict and evaluate ``val_ids`` with this fold's final checkpoint; returns the summary."""
+    t0 = time.time()
     raw = paths.raw_dataset_dir(dataset)
     info = load_dataset_info(raw)
     by_id = {c.case_id: c for c in list_cases(raw, info)}
@@ -43,7 +45,8 @@ def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str
     result = evaluate_folders(raw / "labelsTr", out, dataset_json=raw / "dataset.json", out_json=out / "summary.json",
                               case_ids=[c.case_id for c in cases if c.case_id in summary.predicted])
     dice = {k: round(v, 4) for k, v in result.mean_dice().items()}
-    print(f"fold {fold} validation ({len(cases)} cases): Dice {dice}  -> {Path(out) / 'summary.json'}")
+    print(f"fold {fold} validation ({len(cases)} cases, {time.time() - t0:.0f} s, outside any --time-budget): "
+          f"Dice {dice}  -> {Path(out) / 'summary.json'}")
     return result
 
 

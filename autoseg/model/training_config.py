@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -31,6 +31,10 @@ class TrainingConfig:
     epochs: int = 1000
     iters_per_epoch: int = 250
     val_iters: int = 50
+    time_budget_s: float | None = None             # --time-budget, per fold (training only, not fold validation)
+    budget_sets: list[str] = field(default_factory=list)  # what the budget chose: epochs, iters_per_epoch, val_iters
+    measured_train_iter_s: float | None = None     # the warm-up's measurements behind the budget's choice
+    measured_val_iter_s: float | None = None
     batch_size: int = 2
     oversample_foreground: float = 0.33
     seed: int = 12345

@@ -16,13 +16,14 @@ from typing import Callable
 from autoseg import paths
 from autoseg.datasets.splits import fold_cases, load_or_create_splits, parse_folds
 from autoseg.errors import AutosegError
-from autoseg.io.json_io import load_json, save_json
+from autoseg.io.json_io import load_json
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import NETWORKS
 from autoseg.networks.device import DEVICES, resolve_device
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import list_preprocessed_cases
 from autoseg.trainers import distributed as dist_utils
+from autoseg.trainers.budget import default_val_iters, parse_duration
 from autoseg.trainers.losses import LOSS_NAMES
 
 AfterFold = Callable[[str, str, str, list[str], str, str], object]  # (dataset, configuration, fold, val ids, device, amp)
@@ -36,9 +37,13 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--dataset", default=None, help="dataset (name, DatasetNNN_Name, id); optional when only one exists")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s): 0, '0 1 2', 0..4 or all (default 0)")
-    p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--iters-per-epoch", type=int, default=250)
-    p.add_argument("--val-iters", type=int, default=50)
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="train each fold within this time (90s, 30m, 2h, 1h30m): a warm-up measures s/iteration and the "
+                        "epochs are set to fit; fold validation afterwards is extra (its time is printed)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 1000, or what fits --time-budget); wins over the budget")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help="training iterations per epoch (default 250; with --time-budget: about 1/25 of what fits, 10..250)")
+    p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch (default: 1/5 of --iters-per-epoch)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
     p.add_argument("--device", choices=DEVICES, default=None, help="default: best available")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -107,14 +112,27 @@ def training_data(dataset: str | None, configuration: str, seed: int) -> Trainin
     return TrainingData(name, plans, config, folder, in_channels, cases, splits)
 
 
+def budget_settings(a: argparse.Namespace) -> dict:
+    """Epochs, iterations and the time budget from the command line; what is not given and the
+    budget decides is listed in ``budget_sets`` (``--epochs`` wins over the budget)."""
+    budget = parse_duration(a.time_budget) if a.time_budget else None
+    iters = a.iters_per_epoch or 250
+    sets = [] if budget is None else [k for k, given in (("epochs", a.epochs), ("iters_per_epoch", a.iters_per_epoch),
+                                                         ("val_iters", a.val_iters)) if given is None]
+    if "epochs" not in sets:  # the budget only sizes epochs; without that it decides nothing
+        sets = []
+    return dict(epochs=a.epochs or 1000, iters_per_epoch=iters,
+                val_iters=a.val_iters if a.val_iters is not None else default_val_iters(iters),
+                time_budget_s=budget, budget_sets=sets)
+
+
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
         num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=a.class_weights,
         optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
-        epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters,
-        batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
+        **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage)
 
@@ -143,7 +161,6 @@ def run_train(a: argparse.Namespace, after_fold: AfterFold | None = None) -> int
         out.mkdir(parents=True, exist_ok=True)
         _check_resumable(out, cfg, a.restart)
         if main_rank:
-            save_json(asdict(cfg), out / "training.json")
             print(f"training {data.dataset} {a.configuration} fold {fold}: {len(train_ids)} train / {len(val_ids)} val cases, "
                   f"patch {data.config.patch_size}, batch {cfg.batch_size}, {cfg.network}, {device}")
         train_fold(cfg, data.config, data.folder, out, train_ids, val_ids, restart=a.restart)

@@ -28,6 +28,14 @@ class ProgressLog:
             f.write(line + "\n")
         return line
 
+    def rewrite_log(self) -> None:
+        """Rewrite ``training_log.txt`` from the history: after a resume, lines of epochs that the
+        checkpoint does not hold (trained after it was written) are gone, so none appears twice."""
+        history, self.history = self.history, {k: [] for k in self.history}
+        (self.folder / "training_log.txt").unlink(missing_ok=True)
+        for epoch in range(len(history["train_loss"])):
+            self.log_epoch(epoch, **{k: v[epoch] if epoch < len(v) else None for k, v in history.items()})
+
     @property
     def ema(self) -> float:
         e = self.history["ema_pseudo_dice"]

@@ -50,10 +50,6 @@ class DatasetInfo:
     def label_values(self) -> list[int]:
         return sorted(int(v) for v in self.labels.values())
 
-    @property
-    def foreground_labels(self) -> list[int]:
-        return [v for v in self.label_values if v != 0]
-
     def channel_kind(self, channel: int) -> str:
         """``CT``, ``MR`` or ``grey`` for one channel (from ``channel_names`` unless overridden)."""
         if self.intensity_kind:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
@@ -27,8 +26,3 @@ def crop(arr: np.ndarray, bbox: list[list[int]]) -> np.ndarray:
     """``arr[..., z0:z1, y0:y1, x0:x1]`` for arrays with leading non-spatial axes."""
     sl = tuple(slice(a, b) for a, b in bbox)
     return arr[(Ellipsis,) + sl]
-
-
-def nonzero_mask(data: np.ndarray) -> np.ndarray:
-    """Nonzero mask with holes filled (per slice-agnostic 3D fill), (Z, Y, X) bool."""
-    return ndimage.binary_fill_holes(np.any(data != 0, axis=0))

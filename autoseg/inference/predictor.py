@@ -230,6 +230,37 @@ def cases_to_predict(cases: Sequence[InputCase], out_dir: Path, options: Predict
     return todo, summary
 
 
+class _ExportQueue:
+    """Export jobs in flight (case id, estimated bytes) and the summary they report into."""
+
+    def __init__(self, pool: ThreadPoolExecutor, summary: PredictSummary):
+        self.pool, self.summary = pool, summary
+        self.jobs: dict[Future, tuple[str, int]] = {}
+
+    def fail(self, case_id: str, e: BaseException) -> None:
+        self.summary.failed[case_id] = _message(e)
+        tqdm.write(f"error: {case_id}: {_message(e)}", file=sys.stderr)
+        log.debug("case %s failed", case_id, exc_info=e)
+
+    def collect_one(self) -> None:
+        """Wait for at least one export to finish and record its outcome."""
+        done, _ = wait(list(self.jobs), return_when=FIRST_COMPLETED)
+        for f in done:
+            cid, _ = self.jobs.pop(f)
+            if f.exception() is not None:
+                self.fail(cid, f.exception())  # type: ignore[arg-type]
+            else:
+                self.summary.predicted.append(cid)
+
+    def bytes_in_flight(self) -> int:
+        return sum(b for _, b in self.jobs.values())
+
+
+def _load_after(pipeline: CasePipeline, case: InputCase, earlier: list[Future]) -> _Loaded:
+    wait(earlier)
+    return pipeline.load(case)
+
+
 def predict_cases(model: TrainedModel, cases: Sequence[InputCase], out_dir: Path | str, options: PredictOptions,
                   previous: TrainedModel | None = None) -> PredictSummary:
     """Predict ``cases`` (this part's share) into ``out_dir``; never raises for one bad case.
@@ -245,56 +276,40 @@ def predict_cases(model: TrainedModel, cases: Sequence[InputCase], out_dir: Path
     if not todo:
         return summary
     pipeline = CasePipeline(model, options, out_dir, previous)
-    workers = max(1, options.num_export_workers)
-    budget = options.memory_gb * 1024**3
-    exports: dict[Future, tuple[str, int]] = {}
-
-    def fail(case_id: str, e: BaseException) -> None:
-        summary.failed[case_id] = _message(e)
-        tqdm.write(f"error: {case_id}: {_message(e)}", file=sys.stderr)
-        log.debug("case %s failed", case_id, exc_info=e)
-
-    def collect_one() -> None:
-        done, _ = wait(list(exports), return_when=FIRST_COMPLETED)
-        for f in done:
-            cid, _ = exports.pop(f)
-            if f.exception() is not None:
-                fail(cid, f.exception())  # type: ignore[arg-type]
-            else:
-                summary.predicted.append(cid)
-
-    def load_after(case: InputCase, earlier: list[Future]) -> _Loaded:
-        wait(earlier)
-        return pipeline.load(case)
-
+    workers, budget = max(1, options.num_export_workers), options.memory_gb * 1024**3
     with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, ThreadPoolExecutor(workers, thread_name_prefix="export") as pool:
+        exports = _ExportQueue(pool, summary)
         reads: deque[Future] = deque([reader.submit(pipeline.load, todo[0])])
         for i, case in enumerate(tqdm(todo, desc=f"predict {model.configuration}", unit="case")):
             try:
                 item = reads.popleft().result()
             except Exception as e:  # one bad case must not stop the others
                 item = None
-                fail(case.case_id, e)
+                exports.fail(case.case_id, e)
             if item is not None:
                 need = prediction_bytes(item.props, model.num_input_channels, model.num_classes)
-                while exports and need + sum(b for _, b in exports.values()) > budget:
-                    collect_one()
+                while exports.jobs and need + exports.bytes_in_flight() > budget:
+                    exports.collect_one()
             if i + 1 < len(todo):
-                in_flight = list(exports)
-                reads.append(reader.submit(load_after, todo[i + 1], in_flight[:max(0, len(in_flight) - (workers - 1))]))
-            if item is None:
-                continue
-            try:
-                probs, collector = pipeline.predict(item)
-            except Exception as e:
-                fail(case.case_id, e)
-                continue
-            while len(exports) >= workers:
-                collect_one()
-            job = pool.submit(pipeline.export, item.case, item.props, probs, collector)
-            exports[job] = (case.case_id, export_bytes(item.props, model.num_classes))
-            del item, probs, collector
-        while exports:
-            collect_one()
+                in_flight = list(exports.jobs)
+                reads.append(reader.submit(_load_after, pipeline, todo[i + 1], in_flight[:max(0, len(in_flight) - (workers - 1))]))
+            if item is not None:
+                _predict_and_export(pipeline, item, exports, workers)
+            del item
+        while exports.jobs:
+            exports.collect_one()
     summary.predicted.sort()
     return summary
+
+
+def _predict_and_export(pipeline: CasePipeline, item: _Loaded, exports: _ExportQueue, workers: int) -> None:
+    """Run the network on one loaded case and hand its export to the pool (at most ``workers`` in flight)."""
+    try:
+        probs, collector = pipeline.predict(item)
+    except Exception as e:
+        exports.fail(item.case.case_id, e)
+        return
+    while len(exports.jobs) >= workers:
+        exports.collect_one()
+    job = exports.pool.submit(pipeline.export, item.case, item.props, probs, collector)
+    exports.jobs[job] = (item.case.case_id, export_bytes(item.props, pipeline.model.num_classes))

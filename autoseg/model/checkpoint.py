@@ -20,7 +20,12 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import atomic_path
 
-NAMES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
+LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
+
+
+def checkpoint_name(kind: str) -> str:
+    """``final`` / ``best`` / ``latest`` -> the file name in a fold folder."""
+    return f"checkpoint_{kind}.pth"
 
 
 def save_checkpoint(path: Path | str, network_state: dict, meta: dict, optimizer_state: dict | None = None,

@@ -24,7 +24,7 @@ from autoseg import paths
 from autoseg.datasets.layout import DatasetInfo, load_dataset_info
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_dataclass
-from autoseg.model.checkpoint import load_checkpoint, strip_module_prefix
+from autoseg.model.checkpoint import checkpoint_name, load_checkpoint, strip_module_prefix
 from autoseg.model.postprocessing import PostprocessingRules, load_rules
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
@@ -71,7 +71,7 @@ class TrainedModel:
         if checkpoint not in ("final", "best"):
             raise AutosegError(f"--checkpoint {checkpoint}: choose final or best")
         self.checkpoint = checkpoint
-        self.folds = self._find_folds(folds, f"checkpoint_{checkpoint}.pth")
+        self.folds = self._find_folds(folds, checkpoint_name(checkpoint))
 
     def previous_stage_model(self) -> "TrainedModel | None":
         """A cascade's first stage (every fold with the same checkpoint kind); None for other configurations."""

@@ -38,14 +38,8 @@ def blocks_per_stage(n_stages: int, preset: Sequence[int] = DEFAULT_BLOCKS_PER_S
 class ResEncUNet(nn.Module):
     """U-Net with a residual encoder; see the module docstring. ``net.deep_supervision`` is settable."""
 
-    def __init__(
-        self,
-        topology: NetworkTopology,
-        in_channels: int,
-        num_classes: int,
-        deep_supervision: bool = True,
-        n_blocks_per_stage: Sequence[int] | None = None,
-    ):
+    def __init__(self, topology: NetworkTopology, in_channels: int, num_classes: int, deep_supervision: bool = True,
+                 n_blocks_per_stage: Sequence[int] | None = None):
         super().__init__()
         validate_topology(topology)
         n_blocks = list(n_blocks_per_stage) if n_blocks_per_stage is not None else blocks_per_stage(topology.n_stages)

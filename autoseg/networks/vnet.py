@@ -84,16 +84,8 @@ class _ResidualConvs(nn.Module):
 class VNet(nn.Module):
     """V-Net; see the module docstring. ``net.deep_supervision`` is settable after construction."""
 
-    def __init__(
-        self,
-        topology: NetworkTopology,
-        in_channels: int,
-        num_classes: int,
-        deep_supervision: bool = True,
-        dropout_p: float = 0.5,
-        n_dropout_stages: int = 2,
-        norm_kind: str = "instance",
-    ):
+    def __init__(self, topology: NetworkTopology, in_channels: int, num_classes: int, deep_supervision: bool = True,
+                 dropout_p: float = 0.5, n_dropout_stages: int = 2, norm_kind: str = "instance"):
         super().__init__()
         validate_topology(topology)
         self.deep_supervision = deep_supervision

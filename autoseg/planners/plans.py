@@ -43,7 +43,7 @@ class ChannelNormalization:
     """How one input channel is normalised.
 
     ``scheme``: ``ct`` (clip to the dataset's foreground 0.5/99.5 percentiles, then z-score
-    with the foreground mean/std), ``zscore`` (per image, within the nonzero mask),
+    with the foreground mean/std), ``zscore`` (per image, mean/std of the whole image),
     ``window`` (clip to ``[lower, upper]`` and scale to [0, 1], e.g. -200..200 HU as in the
     V-Net report) or ``rescale`` (grey levels 0..255 to [0, 1]).
     """

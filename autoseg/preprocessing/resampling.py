@@ -318,22 +318,3 @@ def _resample_segmentation_dense(lab: np.ndarray, values: np.ndarray, new_shape:
             best = torch.where(better, r, best)
             out[0][better.numpy()] = v
     return out
-
-
-def resample_probabilities(probs: torch.Tensor, new_shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float],
-                           order: int = 1, order_z: int = 0, threshold: float = 3.0) -> torch.Tensor:
-    """Resample class probabilities / logits (K, Z, Y, X) torch tensor to ``new_shape``.
-
-    Kept in the input dtype's float kind (half inputs are computed in float32 per class to
-    avoid a full-size float32 copy of all classes at once).
-    """
-    import torch
-    new_shape = [int(s) for s in new_shape]
-    if list(probs.shape[1:]) == new_shape:
-        return probs
-    axis = separate_z_axis(spacing, new_spacing, threshold)
-    out = torch.empty([probs.shape[0]] + new_shape, dtype=probs.dtype)
-    with torch.no_grad():
-        for k in range(probs.shape[0]):
-            out[k] = _resample_spatial(probs[k:k + 1].float(), new_shape, order, axis, order_z)[0].to(probs.dtype)
-    return out

@@ -17,6 +17,7 @@ from autoseg import paths
 from autoseg.datasets.splits import fold_cases, load_or_create_splits, parse_folds
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_json
+from autoseg.model.checkpoint import LATEST
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import NETWORKS
 from autoseg.networks.device import DEVICES, resolve_device
@@ -68,7 +69,7 @@ RESUME_KEYS = ("network", "loss", "class_weights", "optimizer", "num_input_chann
 def _check_resumable(out, cfg: TrainingConfig, restart: bool) -> None:
     """Refuse to resume a fold folder that was trained with another network/loss/patch."""
     old = out / "training.json"
-    if restart or not (out / "checkpoint_latest.pth").is_file() or not old.is_file():
+    if restart or not (out / LATEST).is_file() or not old.is_file():
         return
     prev = load_json(old)
     diff = [k for k in RESUME_KEYS if k in prev and prev[k] != asdict(cfg)[k]]

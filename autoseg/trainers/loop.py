@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import save_json
-from autoseg.model.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
+from autoseg.model.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint, strip_module_prefix
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
 from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast
@@ -170,7 +170,7 @@ def build_state(cfg: TrainingConfig, config: ConfigurationPlan, out_dir: Path) -
 def resume(state: TrainState, restart: bool) -> None:
     """Restore ``checkpoint_latest.pth`` (weights, optimiser, scaler, history, epochs, time spent);
     a fresh start removes an old training log."""
-    latest, ctx = state.out_dir / "checkpoint_latest.pth", dist_utils.context()
+    latest, ctx = state.out_dir / LATEST, dist_utils.context()
     if not latest.is_file() or restart:
         if ctx.is_main and (state.out_dir / "training_log.txt").exists():
             (state.out_dir / "training_log.txt").unlink()
@@ -278,7 +278,7 @@ def run_epoch(state: TrainState, epoch: int, loaders: tuple[BackgroundLoader, Ba
         state.progress.plot()
     if ema > state.best_ema:
         state.best_ema = ema
-        state.save("checkpoint_best.pth", epoch + 1, 0.0)
+        state.save(BEST, epoch + 1, 0.0)
 
 
 def warm_up(state: TrainState, loaders: tuple[BackgroundLoader, BackgroundLoader], n_train: int = 6, n_val: int = 3) -> budget_rules.EpochCost:
@@ -362,16 +362,16 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                 run_epoch(state, done, loaders)
                 done += 1
                 if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-                    state.save("checkpoint_latest.pth", done, elapsed())
+                    state.save(LATEST, done, elapsed())
                 epoch_times.append(time.time() - t0)
                 if cfg.time_budget_s is not None and "epochs" in cfg.budget_sets:
                     adjust_to_budget(state, done, epoch_times, elapsed())
     except KeyboardInterrupt:
-        state.save("checkpoint_latest.pth", done, elapsed())
+        state.save(LATEST, done, elapsed())
         if dist_utils.context().is_main:
-            print(f"interrupted: saved {out_dir / 'checkpoint_latest.pth'} after {done} epochs; re-run the same command to resume")
+            print(f"interrupted: saved {out_dir / LATEST} after {done} epochs; re-run the same command to resume")
         raise
-    state.save("checkpoint_final.pth", done, elapsed())
+    state.save(FINAL, done, elapsed())
     _save_training_json(cfg, out_dir)
     if dist_utils.context().is_main:
         budget = f" (time budget {cfg.time_budget_s:.0f} s)" if cfg.time_budget_s is not None else ""

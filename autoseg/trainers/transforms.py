@@ -87,19 +87,11 @@ def apply_spatial(image: np.ndarray, seg: np.ndarray | None, matrix: np.ndarray 
     taking the argmax; where less than half the weight lies inside the input, the border values.
     ``matrix=None``: a plain centre crop (start ``(in - patch) // 2``), no interpolation.
     """
-    dim, patch = len(patch_size), [int(p) for p in patch_size]
-    in_shape = np.array(image.shape[1:])
+    patch = [int(p) for p in patch_size]
     if matrix is None:
-        lower = tuple(int(v) for v in (in_shape - np.array(patch)) // 2)
-        img_out = np.full((image.shape[0], *patch), border_value_data, dtype=np.float32)
-        crop_into(image, lower, tuple(patch), img_out)
-        seg_out = None
-        if seg is not None:
-            seg_out = np.full((seg.shape[0], *patch), border_value_seg, dtype=seg.dtype)
-            crop_into(seg, lower, tuple(patch), seg_out)
-        return img_out, seg_out
-    half = (np.array(patch) - 1) / 2.0
-    centre = (in_shape - 1) / 2.0
+        return _centre_crop(image, patch, border_value_data), (None if seg is None else _centre_crop(seg, patch, border_value_seg))
+    in_shape = np.array(image.shape[1:])
+    half, centre = (np.array(patch) - 1) / 2.0, (in_shape - 1) / 2.0
     reach = np.abs(matrix) @ half  # input region the patch touches, cropped before interpolating
     fully_inside = bool(np.all(centre - reach >= 0) and np.all(centre + reach <= in_shape - 1))
     lo = np.clip(np.floor(centre - reach).astype(int), 0, in_shape)
@@ -109,25 +101,39 @@ def apply_spatial(image: np.ndarray, seg: np.ndarray | None, matrix: np.ndarray 
     coords = _patch_offsets(tuple(patch)) @ torch.from_numpy(matrix.T.astype(np.float32))
     coords += torch.from_numpy((centre - lo).astype(np.float32))
     grid = ((2 * coords + 1) / torch.from_numpy(sub_shape) - 1).flip(-1).contiguous()[None]
-
-    def sample(arr: np.ndarray) -> torch.Tensor:  # (n, *sub) -> (n, *patch), zero outside
-        if arr.size == 0:
-            return torch.zeros((arr.shape[0], *patch))
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-        return torch.nn.functional.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-
-    img_out = (sample(image[region] - border_value_data) + border_value_data).numpy()
+    img_out = (_grid_sample(image[region] - border_value_data, grid, patch) + border_value_data).numpy()
     if seg is None:
         return img_out, None
-    seg_sub = seg[region]
-    seg_out = np.full((seg.shape[0], *patch), border_value_seg, dtype=seg.dtype)
+    return img_out, _sample_labels(seg[region], grid, patch, fully_inside, border_value_seg)
+
+
+def _centre_crop(arr: np.ndarray, patch: list[int], border_value: float) -> np.ndarray:
+    """(C, *in) -> (C, *patch) from start ``(in - patch) // 2``; outside the input: ``border_value``."""
+    lower = tuple(int(v) for v in (np.array(arr.shape[1:]) - np.array(patch)) // 2)
+    out = np.full((arr.shape[0], *patch), border_value, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype)
+    crop_into(arr, lower, tuple(patch), out)
+    return out
+
+
+def _grid_sample(arr: np.ndarray, grid: torch.Tensor, patch: list[int]) -> torch.Tensor:
+    """(n, *sub) -> (n, *patch) bilinear/trilinear samples at ``grid``, zero outside."""
+    if arr.size == 0:
+        return torch.zeros((arr.shape[0], *patch))
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    return torch.nn.functional.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+def _sample_labels(seg_sub: np.ndarray, grid: torch.Tensor, patch: list[int], fully_inside: bool, border_value: int) -> np.ndarray:
+    """Labels as nnU-Net v2 resamples them: each label's indicator interpolated, then the argmax;
+    where less than half the weight lies inside the input, ``border_value``."""
+    seg_out = np.full((seg_sub.shape[0], *patch), border_value, dtype=seg_sub.dtype)
     labels = _label_range(seg_sub)
     if len(labels) == 0:
-        return img_out, seg_out
+        return seg_out
     # fully inside, the weights sum to 1: the first label's weight is 1 - the others' (one channel less)
     sampled = labels[1:] if fully_inside else labels
-    onehot = (seg_sub[:, None] == sampled.reshape(1, -1, *([1] * dim))).reshape(-1, *seg_sub.shape[1:])
-    weights = sample(onehot).reshape(seg.shape[0], len(sampled), *patch)
+    onehot = (seg_sub[:, None] == sampled.reshape(1, -1, *([1] * len(patch)))).reshape(-1, *seg_sub.shape[1:])
+    weights = _grid_sample(onehot, grid, patch).reshape(seg_sub.shape[0], len(sampled), *patch)
     if fully_inside:
         weights = torch.cat([1 - weights.sum(dim=1, keepdim=True), weights], dim=1)
     w = weights.numpy()
@@ -138,8 +144,8 @@ def apply_spatial(image: np.ndarray, seg: np.ndarray | None, matrix: np.ndarray 
         seg_out[better] = labels[i]
         np.maximum(best, w[:, i], out=best)
     if not fully_inside:
-        seg_out[weights.sum(dim=1).numpy() < 0.5] = border_value_seg
-    return img_out, seg_out
+        seg_out[weights.sum(dim=1).numpy() < 0.5] = border_value
+    return seg_out
 
 
 @functools.lru_cache(maxsize=8)

@@ -233,7 +233,8 @@ def compare_resampling(workdir: Path, nnunet_python: Path, case: str) -> None:
     from autoseg.planners.plans import Plans
     from autoseg.preprocessing.normalization import normalize
     from autoseg.preprocessing.preprocessor import target_spacing
-    from autoseg.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation
+    from autoseg.planners.plans import compute_new_shape
+    from autoseg.preprocessing.resampling import resample_image, resample_segmentation
 
     plans = Plans.load(workdir / "autoseg_preprocessed" / DATASET / "plans.json")
     config = plans.configurations["3d_fullres"]

@@ -26,8 +26,7 @@ from autoseg.datasets.layout import DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.planners import topology as T
-from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings
-from autoseg.preprocessing.resampling import compute_new_shape
+from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings, compute_new_shape
 
 ANISOTROPY_THRESHOLD = 3.0
 LOWRES_THRESHOLD = 0.25

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from autoseg.io.json_io import load_dataclass, save_json
+
+
+def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
+    """``round(shape * spacing / new_spacing)`` per axis (nnU-Net's rule), at least 1: the shape a
+    case has after resampling to the plan's spacing (planned here, done in preprocessing)."""
+    return [max(1, int(round(s * sp / nsp))) for s, sp, nsp in zip(shape, spacing, new_spacing)]
 
 
 @dataclass

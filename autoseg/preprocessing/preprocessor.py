@@ -10,10 +10,10 @@ import numpy as np
 
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
 from autoseg.io.images import Geometry
-from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.planners.plans import ConfigurationPlan, Plans, compute_new_shape
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.normalization import normalize
-from autoseg.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation
+from autoseg.preprocessing.resampling import resample_image, resample_segmentation
 
 MAX_LOCATIONS_PER_CLASS = 10_000
 

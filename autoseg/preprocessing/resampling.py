@@ -18,7 +18,7 @@ thick slices are never blended into each other. Label maps are resampled as one-
 channels with ``order`` 1 followed by argmax, which keeps small structures better than
 nearest neighbour; each label only within its bounding box.
 
-torch is imported inside the functions that run it: planning (``compute_new_shape``) and the
+torch is imported inside the functions that run it: planning and the
 parent of the preprocessing workers stay torch-free (~180 MB less resident memory each).
 
 Arrays are (C, Z, Y, X) (any 3 spatial axes); shapes are per spatial axis.
@@ -36,11 +36,6 @@ if TYPE_CHECKING:
 
 BAND_ROWS = 64  # output rows per block of a banded matrix product
 CHUNK_VOXELS = 2_000_000  # output voxels per chunk of a resampling
-
-
-def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
-    """``round(shape * spacing / new_spacing)`` per axis (nnU-Net's rule), at least 1."""
-    return [max(1, int(round(s * sp / nsp))) for s, sp, nsp in zip(shape, spacing, new_spacing)]
 
 
 def separate_z_axis(spacing: Sequence[float], new_spacing: Sequence[float], threshold: float = 3.0) -> int | None:

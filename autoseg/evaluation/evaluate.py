@@ -69,11 +69,19 @@ class EvaluationSummary:
 def map_cases(fn: Callable[[tuple], Any], jobs: list[tuple], num_workers: int, desc: str) -> list[Any]:
     """``fn(job)`` for every job, in order, with a progress bar; ``num_workers > 1`` uses processes
     (``fn`` must then be a module-level function)."""
-    progress = dict(total=len(jobs), desc=desc, unit="case")
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            return list(tqdm(pool.map(fn, jobs), **progress))
-    return [fn(job) for job in tqdm(jobs, **progress)]
+    out: list[Any] = []
+    # the bar is closed (its line ended) before an error propagates, so the error gets a line of its own
+    with tqdm(total=len(jobs), desc=desc, unit="case") as bar:
+        if num_workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=num_workers) as pool:
+                for r in pool.map(fn, jobs):
+                    out.append(r)
+                    bar.update()
+        else:
+            for job in jobs:
+                out.append(fn(job))
+                bar.update()
+    return out
 
 
 def strip_suffix(name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 from pathlib import Path
 
@@ -86,7 +87,11 @@ def run_predict(a: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if a.model:
             mp = Path(a.model).expanduser()
-            dataset_dir = mp if mp.is_dir() else extract_model(mp, stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg_model_")))
+            if not mp.is_dir():
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg_model_"))
+                stack.enter_context(_name_zip_in_errors(tmp, mp))
+                mp = extract_model(mp, tmp)
+            dataset_dir = mp
         else:
             dataset_dir = results_dataset(a.dataset)
         confs = [a.configuration] if a.configuration else default_configurations(dataset_dir)
@@ -103,10 +108,20 @@ def run_predict(a: argparse.Namespace) -> int:
             print(f"{dataset_dir.name} {confs[0]}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
                   f"{options.device}; {len(cases)} case(s) found")
             summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()
-    for line in problems:
-        summary.failed[line.split(":", 1)[0]] = line
+    for line in problems:  # "path: what is wrong; what to do" -- said once, on stderr
+        print(f"error: {line}", file=sys.stderr)
+        summary.failed[line.split(": ", 1)[0]] = line.split(": ", 1)[-1]
     print(summary.text())
     return summary.exit_code
+
+
+@contextlib.contextmanager
+def _name_zip_in_errors(extracted: str, zip_path: Path):
+    """Errors about files of an extracted model zip name the zip, not a temp folder that is gone."""
+    try:
+        yield
+    except AutosegError as e:
+        raise AutosegError(str(e).replace(str(Path(extracted).resolve()), f"{zip_path}:").replace(extracted, f"{zip_path}:")) from None
 
 
 # --- ensemble --------------------------------------------------------------------------
@@ -124,7 +139,7 @@ def run_ensemble(a: argparse.Namespace) -> int:
     rules = load_rules(a.postprocessing) if a.postprocessing else None
     s = ensemble_folders(a.inputs, a.output, a.weights, rules, a.save_probabilities)
     print(f"ensembled {len(s.written)} case(s) into {a.output}, failed {len(s.failed)}"
-          + "".join(f"\n  failed {c}: {m}" for c, m in sorted(s.failed.items())))
+          + (f" ({', '.join(sorted(s.failed))}; errors above)" if s.failed else ""))
     return 1 if s.failed else 0
 
 

@@ -26,7 +26,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.inputs import InputCase
 from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, cases_to_predict, predict_cases
 from autoseg.inference.sliding_window import normalized_weights
-from autoseg.io.images import write_image
+from autoseg.io.images import IMAGE_SUFFIXES, write_image
 from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
 from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine, load_probabilities,
                                          write_probabilities)
@@ -38,6 +38,16 @@ from autoseg.model.trained import TrainedModel
 class EnsembleSummary:
     written: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+def _mask_cases(folder: Path) -> set[str]:
+    """Case ids of the masks in ``folder`` (``<case><image ending>``, hidden files excluded)."""
+    out = set()
+    for p in folder.iterdir():
+        suffix = next((s for s in IMAGE_SUFFIXES if p.name.endswith(s)), None)
+        if suffix and not p.name.startswith(".") and p.is_file():
+            out.add(p.name[: -len(suffix)])
+    return out
 
 
 def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights: Sequence[float] | None = None,
@@ -52,7 +62,8 @@ def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights:
             raise AutosegError(f"{f}: folder not found")
     w = normalized_weights(weights, len(folders), "input folder")
     per_folder = [cases_with_probabilities(f) for f in folders]
-    all_cases = sorted(set().union(*per_folder))
+    # a case with a mask but no probabilities somewhere (a killed --save-probabilities run) is reported too
+    all_cases = sorted(set().union(*per_folder, *(_mask_cases(f) for f in folders)))
     if not all_cases:
         raise AutosegError(f"{folders[0]}: no <case>_probabilities.npz files; predict with --save-probabilities first")
     out_dir = Path(out_dir).expanduser()

@@ -35,6 +35,7 @@ from autoseg.inference.sliding_window import SlidingWindowSettings, predict_slid
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
 from autoseg.io.json_io import save_json
+from autoseg.model.probabilities import probability_paths
 from autoseg.model.trained import TrainedModel
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.inverse import map_to_original
@@ -78,8 +79,9 @@ class PredictSummary:
         return 1 if self.failed else 0
 
     def text(self) -> str:
+        """One line for stdout; each failure's message went to stderr when it happened."""
         out = f"predicted {len(self.predicted)}, skipped {len(self.skipped)} (output exists; --overwrite redoes them), failed {len(self.failed)}"
-        return out + "".join(f"\n  failed {c}: {m}" for c, m in sorted(self.failed.items()))
+        return out + (f" ({', '.join(sorted(self.failed))}; errors above)" if self.failed else "")
 
 
 def select_part(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
@@ -216,14 +218,28 @@ def export_bytes(props: CaseProperties, num_classes: int) -> int:
     return num_classes * 4 * int(np.prod(props.shape_after_resampling)) + 3 * 4 * n_crop + 2 * n_full
 
 
+def expected_outputs(case: InputCase, out_dir: Path, options: PredictOptions) -> list[Path]:
+    """Every file a finished case has: the mask, and the probabilities / uncertainty files asked for."""
+    out = [out_dir / case.output_name]
+    if options.save_probabilities:
+        out += list(probability_paths(out_dir, case.case_id))
+    if options.uncertainty:
+        udir = out_dir / UNCERTAINTY_DIR
+        out += [udir / f"{case.case_id}_uncertainty.nii.gz", udir / f"{case.case_id}_entropy.nii.gz",
+                udir / f"{case.case_id}_uncertainty.json"]
+    return out
+
+
 def cases_to_predict(cases: Sequence[InputCase], out_dir: Path, options: PredictOptions) -> tuple[list[InputCase], PredictSummary]:
-    """This part's cases (``--num-parts/--part-id``) without those whose output exists (unless
-    overwrite), and a summary listing the skipped ones. Creates ``out_dir``."""
+    """This part's cases (``--num-parts/--part-id``) without those whose requested outputs all exist
+    (unless overwrite), and a summary listing the skipped ones. Creates ``out_dir``.
+
+    A case killed after its mask but before its probabilities or uncertainty maps is predicted again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     todo = []
     for c in select_part(cases, options.num_parts, options.part_id):
-        if (out_dir / c.output_name).is_file() and not options.overwrite:
+        if not options.overwrite and all(p.is_file() for p in expected_outputs(c, out_dir, options)):
             summary.skipped.append(c.case_id)
         else:
             todo.append(c)
@@ -238,8 +254,8 @@ class _ExportQueue:
         self.jobs: dict[Future, tuple[str, int]] = {}
 
     def fail(self, case_id: str, e: BaseException) -> None:
-        self.summary.failed[case_id] = _message(e)
-        tqdm.write(f"error: {case_id}: {_message(e)}", file=sys.stderr)
+        msg = self.summary.failed[case_id] = _message(e)
+        tqdm.write(f"error: {msg}" if case_id in msg else f"error: {case_id}: {msg}", file=sys.stderr)  # the case named once
         log.debug("case %s failed", case_id, exc_info=e)
 
     def collect_one(self) -> None:

@@ -12,6 +12,7 @@ crash or ``kill -9`` mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,21 @@ def save_checkpoint(path: Path | str, network_state: dict, meta: dict, optimizer
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
-    """Load with ``weights_only=True``; a clear error for a missing or corrupt file."""
+    """Load with ``weights_only=True``; one clear line for a missing, corrupt, pickled or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise AutosegError(f"{path}: checkpoint not found; train this fold first (autoseg train)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt or foreign file
-        raise AutosegError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it and retrain") from None
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise AutosegError(f"{path}: this file contains pickled Python objects, which autoseg will not execute; "
+                           f"use a checkpoint written by autoseg train") from None
+    except Exception as e:  # truncated, corrupt or not a torch file at all
+        raise AutosegError(f"{path}: not a readable checkpoint ({type(e).__name__}); delete it and retrain") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("network"), dict) or not isinstance(ck.get("meta", {}), dict):
+        raise AutosegError(f"{path}: not an autoseg checkpoint (a {type(ck).__name__} without network weights); "
+                           f"use a checkpoint written by autoseg train")
+    return ck
 
 
 def strip_module_prefix(state: dict) -> dict:

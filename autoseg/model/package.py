@@ -8,11 +8,13 @@ refuses entries that would land outside the target folder.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 from autoseg import paths
 from autoseg.errors import AutosegError
+from autoseg.io.json_io import atomic_path
 from autoseg.model.selection import default_configurations, ensemble_rules_file
 from autoseg.model.trained import TrainedModel
 
@@ -39,8 +41,7 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
             confs.append(prev)
     out_zip = Path(out_zip).expanduser()
     out_zip.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_zip.with_name(f".{out_zip.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(out_zip, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         _add(zf, ddir / paths.BEST_CONFIGURATION_FILE, f"{dataset}/{paths.BEST_CONFIGURATION_FILE}")
         if len(members) > 1:
             rules = ensemble_rules_file(ddir, members)
@@ -56,7 +57,6 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
             for f in model.folds:
                 _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
                 _add(zf, f.checkpoint.parent / "training.json", f"{dataset}/{conf}/fold_{f.fold}/training.json")
-    tmp.replace(out_zip)
     return out_zip
 
 
@@ -82,5 +82,9 @@ def extract_model(zip_path: Path | str, target: Path | str) -> Path:
         if len(tops) != 1:
             raise AutosegError(f"{zip_path}: expected one dataset folder at the top, found {sorted(tops) or 'none'}; "
                                f"pass a file made by 'autoseg export_model'")
-        zf.extractall(target)
+        try:
+            zf.extractall(target)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise AutosegError(f"{zip_path}: damaged model zip ({type(e).__name__}: {e}); export it again "
+                               f"(autoseg export_model) or copy it again") from None
     return target / tops.pop()

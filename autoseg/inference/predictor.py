@@ -35,7 +35,7 @@ from autoseg.inference.model import TrainedModel
 from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
-from autoseg.io.json_io import save_json
+from autoseg.io.json_io import check_writable, remove_stale_temps, save_json
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.preprocessor import preprocess_case
 from autoseg.preprocessing.resampling import resample_segmentation
@@ -243,8 +243,11 @@ def export_bytes(props: CaseProperties, num_classes: int) -> int:
 
 def cases_to_predict(cases: Sequence[InputCase], out_dir: Path, options: PredictOptions) -> tuple[list[InputCase], PredictSummary]:
     """This part's cases (``--num-parts/--part-id``) without those whose output exists (unless
-    overwrite), and a summary listing the skipped ones. Creates ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    overwrite), and a summary listing the skipped ones. Creates ``out_dir`` (one line if it cannot be
+    written) and removes temp files a killed run left there."""
+    check_writable(out_dir, "pass another -o")
+    for folder in (out_dir, out_dir / UNCERTAINTY_DIR):
+        remove_stale_temps(folder)
     summary = PredictSummary()
     todo = []
     for c in select_part(cases, options.num_parts, options.part_id):

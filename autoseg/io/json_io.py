@@ -138,9 +138,9 @@ def check_writable(folder: Path | str, fix: str) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".autoseg_write_probe"):
-            pass
-        (folder / ".autoseg_write_probe").unlink()
+        fd, probe = tempfile.mkstemp(prefix=f".autoseg_write_probe.{os.getpid()}-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         err = write_error(e, folder, fix)
         if err is None:

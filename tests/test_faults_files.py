@@ -76,6 +76,17 @@ def test_gzip_checks_multi_member_streams_and_crc(tmp_path):
         check_complete(tmp_path / "crc.nii.gz")
 
 
+def test_one_flipped_bit_in_a_nii_gz_is_refused(tmp_path):
+    """ITK reads a damaged .nii.gz over ~1 MB without checking the gzip CRC: one voxel silently wrong."""
+    arr = (np.arange(32 * 128 * 128) % 3000).astype(np.int16).reshape(32, 128, 128)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "a.nii"))
+    gz = bytearray(gzip.compress((tmp_path / "a.nii").read_bytes(), compresslevel=0))  # stored: bytes appear verbatim
+    gz[len(gz) // 2] ^= 0x04
+    (tmp_path / "flip.nii.gz").write_bytes(bytes(gz))
+    with pytest.raises(AutosegError, match="flip.nii.gz: compressed data is corrupt .*incorrect data check"):
+        read_image(tmp_path / "flip.nii.gz")
+
+
 def test_truncated_label_fails_the_integrity_check(autoseg_env, capsys):
     folder = autoseg_env["raw"] / "Dataset003_Liver"
     write_blob_dataset(folder, n=3)

@@ -211,3 +211,43 @@ def test_kill_9_of_plan_and_preprocess_leaves_no_worker_running(autoseg_env):
     done = len(list(pre.glob("*/case_*.json")))
     time.sleep(1.0)
     assert len(list(pre.glob("*/case_*.json"))) == done < 14  # nothing writes cases any more
+
+
+FALLBACK_CHILD = """
+import multiprocessing, os, sys, time
+from autoseg.io import workers
+workers.sys.platform = "other"  # no prctl: only the parent_gone() fallback can stop the worker
+
+def loop():
+    workers.die_with_parent()
+    while not workers.parent_gone():
+        time.sleep(0.02)
+    os._exit(0)
+
+p = multiprocessing.get_context("fork").Process(target=loop)
+p.start()
+print(p.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
+def test_worker_without_prctl_notices_its_parent_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", FALLBACK_CHILD], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(child.stdout.readline())
+        start = _proc_table()[worker][2]
+        time.sleep(0.2)
+        assert _running(worker, start)  # waits while its parent lives
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.time() + 10
+        while _running(worker, start) and time.time() < deadline:
+            time.sleep(0.05)
+        alive = _running(worker, start)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the worker did not notice that its parent was killed"

@@ -10,6 +10,7 @@ not grow with the dataset's size.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from autoseg.datasets.layout import CaseFiles, DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
 from autoseg.io.images import read_case, read_header, read_label
-from autoseg.io.workers import die_with_parent
+from autoseg.io.workers import die_with_parent, parent_gone
 from autoseg.io.json_io import load_dataclass, save_json
 
 SAMPLE_BUDGET = 2_000_000
@@ -127,6 +128,8 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
 
 
 def _worker(args):
+    if parent_gone():  # the parent was killed: stop
+        os._exit(1)
     try:
         return _case_fingerprint(*args)
     except AutosegError as e:

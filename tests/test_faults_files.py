@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from autoseg.cli import main
 from autoseg.errors import AutosegError
 from autoseg.inference.inputs import discover_cases, read_input_case
 from autoseg.io.images import Geometry, read_image, write_image
-from autoseg.io.integrity import check_complete
+from autoseg.io.integrity import _nifti_expected, check_complete
 
 from conftest import write_blob_dataset
 from test_predict import make_model, tiny_config, write_case
@@ -54,6 +55,27 @@ def test_truncated_image_is_refused_naming_the_file(tmp_path, name, compress, ke
     with pytest.raises(AutosegError, match=f"{name}: file is truncated") as e:
         read_image(path)
     assert "\n" not in str(e.value) and "copy the file again" in str(e.value)
+
+
+def test_nifti_size_comes_from_the_header_on_disk(tmp_path):
+    arr = _noise((3, 4, 5))
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "a.nii"))
+    head = bytearray((tmp_path / "a.nii").read_bytes())
+    head[112:120] = struct.pack("<2f", 2.0, 1.0)  # scl_slope 2, scl_inter 1: ITK reports float32, the file holds int16
+    (tmp_path / "scaled.nii.gz").write_bytes(gzip.compress(bytes(head)))
+    assert np.array_equal(read_image(tmp_path / "scaled.nii.gz")[0], arr * 2.0 + 1.0)
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(bytes(head[:-2])))  # a whole gzip stream of too few bytes
+    with pytest.raises(AutosegError, match=f"cut.nii.gz: file is truncated \\({len(head) - 2} of {len(head)} bytes"):
+        read_image(tmp_path / "cut.nii.gz")
+    big = bytearray(540)  # a big-endian NIfTI-1 header of a 7 x 6 x 5 float32 image
+    big[:4], big[40:56], big[72:74], big[108:112] = (struct.pack(">i", 348), struct.pack(">8h", 3, 7, 6, 5, 1, 1, 1, 1),
+                                                      struct.pack(">h", 32), struct.pack(">f", 352.0))
+    assert _nifti_expected(bytes(big)) == 352 + 7 * 6 * 5 * 4
+    two = bytearray(540)  # a NIfTI-2 header of a 4D 3 x 4 x 5 x 2 int16 image
+    two[:4], two[14:16], two[16:80], two[168:176] = (struct.pack("<i", 540), struct.pack("<h", 16),
+                                                     struct.pack("<8q", 4, 3, 4, 5, 2, 1, 1, 1), struct.pack("<q", 544))
+    assert _nifti_expected(bytes(two)) == 544 + 3 * 4 * 5 * 2 * 2
+    assert _nifti_expected(b"not a header" * 50) is None
 
 
 def test_gzip_checks_multi_member_streams_and_crc(tmp_path):

@@ -86,7 +86,7 @@ def _make_read_only(folder: Path, monkeypatch) -> None:
 
     def read_only(*args, dir=None, **kwargs):
         if dir is not None and (Path(dir) == folder or folder in Path(dir).parents):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".x.1-abcdefgh.tmp"))
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".x.host-1-abcdefgh.tmp"))
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(json_io.tempfile, "mkstemp", read_only)
@@ -120,19 +120,25 @@ def test_read_only_predict_output_is_one_line(autoseg_env, tmp_path, monkeypatch
 
 
 def test_remove_stale_temps_keeps_live_writers_and_other_files(tmp_path):
-    dead, live = _dead_pid(), os.getpid()
-    names = [f".case_000.npy.{dead}-abcd_123.tmp.npy", f".case_000.npy.{live}-zzzz9999.tmp.npy", ".old.pth.k2j3h4g5.tmp",
-             ".recent.pth.q1w2e3r4.tmp", f".mask.nii.gz.{dead}-abcdefgh.tmp.nii.gz", "case_000.npy", ".hidden", "a.tmp"]
+    host, dead, live = json_io._host(), _dead_pid(), os.getpid()
+    names = [f".case_000.npy.{host}-{dead}-abcd_123.tmp.npy",  # 0: killed writer on this machine
+             f".case_000.npy.{host}-{live}-zzzz9999.tmp.npy",  # 1: live writer
+             ".old.pth.k2j3h4g5.tmp", ".recent.pth.q1w2e3r4.tmp",  # 2, 3: no owner (older autoseg): old / recent
+             f".mask.nii.gz.{host}-{dead}-abcdefgh.tmp.nii.gz",  # 4: killed writer on this machine
+             f".mask.nii.gz.other-node-7-{dead}-abcdefgh.tmp.nii.gz",  # 5: another machine's writer (shared folder)
+             f".old.nii.gz.other-node-7-{dead}-abcdefgh.tmp.nii.gz",  # 6: another machine's, an hour old
+             "case_000.npy", ".hidden", "a.tmp"]
     for n in names:
         (tmp_path / n).write_bytes(b"x")
     old = time.time() - 2 * json_io.UNOWNED_TEMP_AGE_S
-    os.utime(tmp_path / ".old.pth.k2j3h4g5.tmp", (old, old))  # no pid (older autoseg): removed once old
+    for i in (2, 6):
+        os.utime(tmp_path / names[i], (old, old))
     removed = sorted(p.name for p in remove_stale_temps(tmp_path))
-    assert removed == sorted([names[0], names[2], names[4]])
+    assert removed == sorted(names[i] for i in (0, 2, 4, 6))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - set(removed))
     assert remove_stale_temps(tmp_path / "missing") == []
-    with atomic_path(tmp_path / "b.json") as tmp:  # our own temps carry our pid
-        assert Path(tmp).name.startswith(f".b.json.{live}-") and remove_stale_temps(tmp_path) == []
+    with atomic_path(tmp_path / "b.json") as tmp:  # our own temps carry our host and pid
+        assert Path(tmp).name.startswith(f".b.json.{host}-{live}-") and remove_stale_temps(tmp_path) == []
 
 
 def test_preprocessing_and_predict_clean_stale_temps_on_start(dataset, tmp_path):
@@ -140,7 +146,8 @@ def test_preprocessing_and_predict_clean_stale_temps_on_start(dataset, tmp_path)
     pre = dataset["pre"] / "Dataset003_Liver"
     case_dir = next(p for p in pre.iterdir() if p.is_dir())
     dead = _dead_pid()
-    stale = [case_dir / f".case_000.npy.{dead}-abcdefgh.tmp.npy", pre / f".plans.json.{dead}-abcdefgh.tmp"]
+    owner = f"{json_io._host()}-{dead}"
+    stale = [case_dir / f".case_000.npy.{owner}-abcdefgh.tmp.npy", pre / f".plans.json.{owner}-abcdefgh.tmp"]
     for p in stale:
         p.write_bytes(b"left by kill -9")
     assert main(PLAN + ["-np", "1"]) == 0
@@ -150,7 +157,7 @@ def test_preprocessing_and_predict_clean_stale_temps_on_start(dataset, tmp_path)
     write_case(tmp_path / "in" / "a_0000.nii.gz", shape=(8, 12, 12))
     out = tmp_path / "out"
     (out / "uncertainty").mkdir(parents=True)
-    stale = [out / f".a.nii.gz.{dead}-abcdefgh.tmp.nii.gz", out / "uncertainty" / f".a_entropy.nii.gz.{dead}-abcdefgh.tmp.nii.gz"]
+    stale = [out / f".a.nii.gz.{owner}-abcdefgh.tmp.nii.gz", out / "uncertainty" / f".a_entropy.nii.gz.{owner}-abcdefgh.tmp.nii.gz"]
     for p in stale:
         p.write_bytes(b"left by kill -9")
     assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--no-tta"]) == 0

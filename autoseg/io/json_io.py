@@ -8,6 +8,7 @@ import json
 import errno
 import os
 import re
+import socket
 import tempfile
 import time
 import types
@@ -54,12 +55,12 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[str]:
 
     ``suffix`` matters to writers that pick the format from the name (SimpleITK, ``np.save``).
     Readers never see a half-written ``path``, and an existing ``path`` survives a failed write.
-    The temp name ``.<name>.<pid>-<random><suffix>`` records the writing process, so
+    The temp name ``.<name>.<host>-<pid>-<random><suffix>`` records the writing process, so
     :func:`remove_stale_temps` can tell a killed writer's leftovers from a live writer's file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -70,8 +71,17 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[str]:
         raise
 
 
-_TEMP = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)*$")
+_TEMP = re.compile(r"^\..+\.(?:(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)*$")
 UNOWNED_TEMP_AGE_S = 3600.0
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _owner() -> str:
+    """``<host>-<pid>`` of this process, as written into temp names."""
+    return f"{_host()}-{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
@@ -87,10 +97,11 @@ def _alive(pid: int) -> bool:
 def remove_stale_temps(folder: Path | str) -> list[Path]:
     """Delete the temp files :func:`atomic_path` left in ``folder`` when its writer was killed.
 
-    A temp is stale when the process named in it no longer runs (a temp without a pid, from an
-    older autoseg, when it is over :data:`UNOWNED_TEMP_AGE_S` old). Temps of live writers (a
-    parallel ``--part-id`` run into the same folder) are kept. Call it when a writer starts on
-    its output folder. Returns the removed paths; a folder that does not exist is fine.
+    A temp written on this machine is stale when the process named in it no longer runs; a temp
+    written on another machine (a shared folder) or without an owner (older autoseg) only when
+    it is over :data:`UNOWNED_TEMP_AGE_S` old. Temps of live writers (a parallel ``--part-id``
+    run into the same folder, here or on another machine) are kept. Call it when a writer starts
+    on its output folder. Returns the removed paths; a folder that does not exist is fine.
 
     Edge case: a pid reused by an unrelated process keeps its temp until that process ends.
     """
@@ -103,7 +114,10 @@ def remove_stale_temps(folder: Path | str) -> list[Path]:
         if m is None or not p.is_file():
             continue
         try:
-            stale = (not _alive(int(m["pid"]))) if m["pid"] else time.time() - p.stat().st_mtime > UNOWNED_TEMP_AGE_S
+            if m["pid"] and m["host"] == _host():
+                stale = not _alive(int(m["pid"]))
+            else:
+                stale = time.time() - p.stat().st_mtime > UNOWNED_TEMP_AGE_S
             if stale:
                 p.unlink()
                 removed.append(p)
@@ -138,7 +152,7 @@ def check_writable(folder: Path | str, fix: str) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".autoseg_write_probe.{os.getpid()}-", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".autoseg_write_probe.{_owner()}-", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -27,7 +27,7 @@ from autoseg.datasets.layout import CaseFiles, list_cases, load_dataset_info, sa
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import extract_fingerprint
 from autoseg.io.images import read_case, read_label
-from autoseg.io.json_io import check_writable, load_json, remove_stale_temps, save_json, write_error
+from autoseg.io.json_io import load_json, remove_stale_temps, save_json, write_error
 from autoseg.io.workers import die_with_parent, parent_gone
 from autoseg.planners.planner import plan_experiment
 from autoseg.planners.plans import ConfigurationPlan, Plans
@@ -37,7 +37,7 @@ from autoseg.preprocessing.preprocessor import preprocess_case
 log = logging.getLogger("autoseg")
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels")
-MOVE_HINT = "set AUTOSEG_PREPROCESSED to a folder that has room"
+MOVE_HINT = "set AUTOSEG_PREPROCESSED to another folder"
 
 
 def _data_folders(plans: Plans, configurations: Sequence[str]) -> dict[str, ConfigurationPlan]:

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # not "NumExpr defaulting to N threads." on every run
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_json, save_json
 
+log = logging.getLogger("autoseg")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 MAX_LABEL = 127  # label maps are stored as int8 after preprocessing
 
@@ -156,3 +158,17 @@ def list_cases(folder: Path, info: DatasetInfo, images_sub: str = "imagesTr", la
                 raise AutosegError(f"{label}: label missing for image {chans[0].name}; add it or remove the image")
         cases.append(CaseFiles(cid, [chans[c] for c in want], label))
     return cases
+
+
+def warn_num_training(folder: Path, info: DatasetInfo, cases: list[CaseFiles]) -> bool:
+    """Warn (and return True) when ``numTraining`` differs from the training cases found in ``folder``.
+
+    The cases found are what is used; the warning says so, since a wrong count often means
+    files were lost in a copy.
+    """
+    if info.numTraining == len(cases):
+        return False
+    log.warning("%s: numTraining is %d but %d training case(s) were found; using the %d found "
+                "(check for missing files, then correct numTraining)", Path(folder) / "dataset.json",
+                info.numTraining, len(cases), len(cases))
+    return True

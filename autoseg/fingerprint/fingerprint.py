@@ -10,6 +10,7 @@ not grow with the dataset's size.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from tqdm import tqdm
 from autoseg.datasets.layout import CaseFiles, DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
-from autoseg.io.images import read_case, read_label
+from autoseg.io.images import read_case, read_header, read_label
+from autoseg.io.workers import die_with_parent, parent_gone
 from autoseg.io.json_io import load_dataclass, save_json
 
 SAMPLE_BUDGET = 2_000_000
@@ -96,9 +98,10 @@ def label_values(seg: np.ndarray, path: Path) -> list[int]:
     return [int(v) + lo for v in np.flatnonzero(counts)]
 
 
-def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: int) -> tuple[CaseFingerprint, np.ndarray]:
-    """Check one case and return its fingerprint and foreground samples (C, n)."""
+def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: int) -> tuple[CaseFingerprint, np.ndarray, int]:
+    """Check one case and return its fingerprint, foreground samples (C, n) and image dimension (2 or 3)."""
     data, geom = read_case(case.images)
+    ndim = read_header(case.images[0])[0]
     assert case.label is not None
     seg, lgeom = read_label(case.label)
     if (diff := geom.matches(lgeom)) is not None:
@@ -121,10 +124,12 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     shape_c = list(data_c.shape[1:])
     fp = CaseFingerprint(case.case_id, [float(s) for s in geom.spacing_zyx], list(geom.shape_zyx), shape_c,
                          float(np.prod(shape_c) / np.prod(geom.shape_zyx)), present)
-    return fp, samples
+    return fp, samples, ndim
 
 
 def _worker(args):
+    if parent_gone():  # the parent was killed: stop
+        os._exit(1)
     try:
         return _case_fingerprint(*args)
     except AutosegError as e:
@@ -140,8 +145,19 @@ def _stats(x: np.ndarray) -> IntensityStats:
                           float(p005), float(p995), int(x.size))
 
 
+def _mixed_dimensions(cases: list[CaseFiles], ndims: list[int]) -> list[str]:
+    """One line per 2D case when the dataset also has 3D cases: its z-spacing of 1.0 would be made up."""
+    if not (2 in ndims and 3 in ndims):
+        return []
+    return [f"{c.images[0]}: 2D image in a dataset of 3D images (a z-spacing would be made up and shift the plan); "
+            "convert it to a 3D image with its real slice spacing, or remove the case" for c, d in zip(cases, ndims) if d == 2]
+
+
 def extract_fingerprint(name: str, info: DatasetInfo, cases: list[CaseFiles], num_processes: int = 1, seed: int = 1234) -> DatasetFingerprint:
-    """Check every case and compute the fingerprint. Raises AutosegError listing every faulty case."""
+    """Check every case and compute the fingerprint. Raises AutosegError listing every faulty case.
+
+    Also refused: 2D cases among 3D ones (their z-spacing would be made up).
+    """
     if not cases:
         raise AutosegError(f"dataset {name}: no training cases found; add images to imagesTr and labels to labelsTr")
     per_case = max(MIN_PER_CASE, SAMPLE_BUDGET // len(cases))
@@ -156,12 +172,13 @@ def extract_fingerprint(name: str, info: DatasetInfo, cases: list[CaseFiles], nu
                 results.append(e)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=num_processes) as ex:
+        with ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent) as ex:
             for r in ex.map(_worker, jobs):
                 results.append(r)
                 bar.update()
     bar.close()
     errors = [str(r) for r in results if isinstance(r, AutosegError)]
+    errors = errors or _mixed_dimensions(cases, [r[2] for r in results])
     if errors:
         raise AutosegError("\n".join(errors))
     fps = [r[0] for r in results]

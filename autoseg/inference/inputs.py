@@ -9,7 +9,9 @@
 * a single image file (``_0000`` is stripped from its name);
 * a DICOM series folder (the case is named after the folder) or a folder of DICOM series
   folders (one case per series folder). A folder may mix images, DICOM files and series
-  folders; every one of them is a case.
+  folders; every one of them is a case. A folder holding several series gives one case per
+  series, ``<folder>_<SeriesDescription>`` (or ``<folder>_<SeriesInstanceUID>`` when the
+  descriptions are missing or not distinct), characters other than ``A-Za-z0-9.-`` as ``_``.
 
 Output names: case id + the input's file ending (``.mhd`` -> ``.mha``, ``.nhdr`` -> ``.nrrd``,
 single-file formats; DICOM -> ``.nii.gz``).
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError
-from autoseg.io.images import Geometry, image_suffix, is_dicom_folder, read_case
+from autoseg.io.dicom import series_in, series_names
+from autoseg.io.images import Geometry, image_suffix, read_case
 
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
 OUTPUT_SUFFIX = {".mhd": ".mha", ".nhdr": ".nrrd"}
@@ -33,11 +36,13 @@ _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 
 @dataclass
 class InputCase:
-    """One case to predict: its channel files in channel order (or one DICOM folder)."""
+    """One case to predict: its channel files in channel order (or one DICOM folder and,
+    when that folder holds several series, the one to read)."""
 
     case_id: str
     files: list[Path]
     output_name: str
+    series_uid: str | None = None
 
     @property
     def is_dicom(self) -> bool:
@@ -114,20 +119,29 @@ def discover_cases(path: Path | str, num_channels: int) -> tuple[list[InputCase]
     others = [p for p in entries if p.is_file() and _stem(p)[1] not in INPUT_SUFFIXES]
     cases, problems = _group_files(images, num_channels)
     taken = {c.case_id for c in cases}
-    series = ([path] if others and is_dicom_folder(path) else []) + [p for p in entries if p.is_dir() and is_dicom_folder(p)]
-    for d in series:
-        if d.name in taken:
-            problems.append(f"{d}: DICOM folder name '{d.name}' is also an image case's id; rename one")
-            continue
-        cases.append(InputCase(d.name, [d], d.name + ".nii.gz"))
+    for d in ([path] if others else []) + [p for p in entries if p.is_dir()]:
+        for case in _dicom_cases(d):
+            if case.case_id in taken:
+                problems.append(f"{d}: DICOM case '{case.case_id}' is also an image case's id; rename one")
+                continue
+            cases.append(case)
     if not cases and not problems:
         raise AutosegError(f"{path}: no images ({', '.join(INPUT_SUFFIXES)}) or DICOM series found; check the folder")
     return sorted(cases, key=lambda c: c.case_id), problems
 
 
+def _dicom_cases(folder: Path) -> list[InputCase]:
+    """One case per DICOM series directly in ``folder`` (none when it holds no series)."""
+    series = series_in(folder)
+    if len(series) == 1:
+        return [InputCase(folder.name, [folder], folder.name + ".nii.gz")]
+    return [InputCase(f"{folder.name}_{name}", [folder], f"{folder.name}_{name}.nii.gz", s.uid)
+            for s, name in zip(series, series_names(series))]
+
+
 def read_input_case(case: InputCase, num_channels: int) -> tuple[np.ndarray, Geometry]:
     """float32 (C, Z, Y, X) and the geometry of the first channel (all channels must share it)."""
-    data, geometry = read_case(case.files)
+    data, geometry = read_case(case.files, series_uid=case.series_uid)
     if data.shape[0] != num_channels:
         raise AutosegError(f"{case.files[0]}: case '{case.case_id}' has {data.shape[0]} channel(s) but the model takes {num_channels}")
     return data, geometry

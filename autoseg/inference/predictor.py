@@ -34,7 +34,7 @@ from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
-from autoseg.io.json_io import save_json
+from autoseg.io.json_io import check_writable, remove_stale_temps, save_json
 from autoseg.model.probabilities import probability_paths
 from autoseg.model.trained import TrainedModel
 from autoseg.preprocessing.case_store import CaseProperties
@@ -232,10 +232,13 @@ def expected_outputs(case: InputCase, out_dir: Path, options: PredictOptions) ->
 
 def cases_to_predict(cases: Sequence[InputCase], out_dir: Path, options: PredictOptions) -> tuple[list[InputCase], PredictSummary]:
     """This part's cases (``--num-parts/--part-id``) without those whose requested outputs all exist
-    (unless overwrite), and a summary listing the skipped ones. Creates ``out_dir``.
+    (unless overwrite), and a summary listing the skipped ones. Creates ``out_dir`` (one line if it
+    cannot be written) and removes temp files a killed run left there.
 
     A case killed after its mask but before its probabilities or uncertainty maps is predicted again."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, "pass another -o")
+    for folder in (out_dir, out_dir / UNCERTAINTY_DIR):
+        remove_stale_temps(folder)
     summary = PredictSummary()
     todo = []
     for c in select_part(cases, options.num_parts, options.part_id):

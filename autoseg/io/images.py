@@ -15,6 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.io.dicom import itk_warnings_off, read_dicom_series
+from autoseg.io.integrity import check_complete
 from autoseg.io.json_io import atomic_path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
@@ -71,12 +73,17 @@ class Geometry:
         return None
 
 
-def read_sitk(path: Path | str) -> sitk.Image:
+def read_sitk(path: Path | str, series_uid: str | None = None) -> sitk.Image:
+    """One image file, or a DICOM folder's series (``series_uid`` picks one of several).
+
+    A file holding less voxel data than its header promises is refused (:func:`check_complete`).
+    """
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, series_uid)
     if not path.is_file():
         raise AutosegError(f"{path}: file not found")
+    check_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -85,10 +92,17 @@ def read_sitk(path: Path | str) -> sitk.Image:
 
 
 def _as_zyx(img: sitk.Image, path: Path | str) -> np.ndarray:
-    """(Z, Y, X) voxels of a 2D or 3D image in its stored pixel type (first component only)."""
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        img = sitk.VectorIndexSelectionCast(img, 0)
+    """(Z, Y, X) voxels of a 2D or 3D image in its stored pixel type.
+
+    A multi-component (vector, RGB) image is read only when its components are all equal (grey
+    saved as RGB); else it is refused: a component is not silently picked.
+    """
     arr = sitk.GetArrayFromImage(img)
+    if (n := img.GetNumberOfComponentsPerPixel()) > 1:
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, n)):
+            raise AutosegError(f"{path}: {n} components per voxel (vector/RGB image); autoseg reads one value per voxel: "
+                               "save each component as its own channel file (_0000, _0001, ...)")
+        arr = np.ascontiguousarray(arr[..., 0])
     if img.GetDimension() == 2:
         return arr[None]
     if img.GetDimension() != 3:
@@ -96,13 +110,14 @@ def _as_zyx(img: sitk.Image, path: Path | str) -> np.ndarray:
     return arr
 
 
-def read_image(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Geometry]:
+def read_image(path: Path | str, dtype=np.float32, series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read one image as a (Z, Y, X) array and its geometry.
 
-    Multi-component pixels (RGB PNG) are reduced to their first component. A directory is
-    read as a DICOM series. ``dtype=None`` keeps the stored pixel type.
+    Multi-component pixels are refused unless all components are equal (grey saved as RGB).
+    A directory is read as a DICOM series (``series_uid`` picks one when it holds several).
+    ``dtype=None`` keeps the stored pixel type.
     """
-    img = read_sitk(path)
+    img = read_sitk(path, series_uid)
     arr = _as_zyx(img, path)
     return (arr if dtype is None else arr.astype(dtype, copy=False)), Geometry.from_sitk(img)
 
@@ -144,14 +159,15 @@ def read_volume(path: Path | str) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(img), Geometry.from_sitk(img)
 
 
-def read_case(paths: Sequence[Path | str]) -> tuple[np.ndarray, Geometry]:
+def read_case(paths: Sequence[Path | str], series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case into a float32 (C, Z, Y, X) array.
 
     Every channel must share the first channel's grid; NaN/inf intensities are refused.
+    ``series_uid``: the DICOM series to read when a path is a folder of several.
     """
     arrays, geom = [], None
     for p in paths:
-        arr, g = read_image(p)
+        arr, g = read_image(p, series_uid=series_uid)
         if geom is None:
             geom = g
         elif (diff := geom.matches(g)) is not None:
@@ -164,23 +180,12 @@ def read_case(paths: Sequence[Path | str]) -> tuple[np.ndarray, Geometry]:
 
 
 def is_dicom_folder(path: Path | str) -> bool:
+    """True when ``path`` is a folder holding at least one DICOM series (probed without ITK warnings)."""
     path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
-
-
-def read_dicom_series(folder: Path | str) -> sitk.Image:
-    """Read the (first, largest) DICOM series in ``folder`` as one 3D image."""
-    folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise AutosegError(f"{folder}: no DICOM series found in this folder")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        raise AutosegError(f"{folder}: cannot read DICOM series ({str(e).strip().splitlines()[-1][:160]})") from None
+    if not path.is_dir():
+        return False
+    with itk_warnings_off():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
 def write_image(array_zyx: np.ndarray, geometry: Geometry, path: Path | str, compress: bool = True) -> None:
@@ -189,5 +194,5 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: Path | str, com
     if tuple(array_zyx.shape) != tuple(geometry.shape_zyx):
         raise ValueError(f"array shape {array_zyx.shape} does not match geometry {geometry.shape_zyx}")
     img = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
-    with atomic_path(path, image_suffix(path)) as tmp:
+    with atomic_path(path, ".tmp" + image_suffix(path)) as tmp:
         sitk.WriteImage(img, tmp, useCompression=compress)

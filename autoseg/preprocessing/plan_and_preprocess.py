@@ -12,6 +12,7 @@ order, labels), not when only the patch, batch or network changed (e.g. a new ``
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -22,11 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from autoseg import paths
-from autoseg.datasets.layout import CaseFiles, list_cases, load_dataset_info, save_dataset_info
+from autoseg.datasets.layout import CaseFiles, list_cases, load_dataset_info, save_dataset_info, warn_num_training
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import extract_fingerprint
 from autoseg.io.images import read_case, read_label
-from autoseg.io.json_io import load_json, save_json
+from autoseg.io.json_io import load_json, remove_stale_temps, save_json, write_error
+from autoseg.io.workers import die_with_parent, parent_gone
 from autoseg.planners.planner import plan_experiment
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import is_case_done, save_case
@@ -35,6 +37,7 @@ from autoseg.preprocessing.preprocessor import preprocess_case
 log = logging.getLogger("autoseg")
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels")
+MOVE_HINT = "set AUTOSEG_PREPROCESSED to another folder"
 
 
 def _data_folders(plans: Plans, configurations: Sequence[str]) -> dict[str, ConfigurationPlan]:
@@ -49,6 +52,8 @@ def _data_folders(plans: Plans, configurations: Sequence[str]) -> dict[str, Conf
 
 def _preprocess_one(job: tuple[CaseFiles, Plans, list[tuple[Path, ConfigurationPlan]], int]) -> str | None:
     case, plans, targets, seed = job
+    if parent_gone():  # the parent was killed: stop instead of writing cases nobody waits for
+        os._exit(1)
     import torch
     torch.set_num_threads(1)
     try:
@@ -77,6 +82,7 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
                 log.warning("%s of %s changed since its cases were made: redoing them", ", ".join(changed), ident)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)  # left by a killed run
         save_json(made_with, stamp)
     jobs = []
     for i, case in enumerate(cases):
@@ -85,6 +91,14 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
             jobs.append((case, plans, todo, 1000 + i))
     skipped = len(cases) - len(jobs)
     desc = f"preprocess {','.join(folders)}" + (f" ({skipped} done)" if skipped else "")
+    errors = _run_jobs(jobs, num_processes, desc)
+    if errors:
+        raise AutosegError("\n".join(errors))
+
+
+def _run_jobs(jobs: list, num_processes: int, desc: str) -> list[str]:
+    """Run :func:`_preprocess_one` over ``jobs`` (in a pool of workers that die with this process);
+    the per-case error lines. An OSError (a failed write) cancels the cases not yet started."""
     errors = []
     with tqdm(total=len(jobs), desc=desc, unit="case") as bar:
         if num_processes <= 1:
@@ -92,14 +106,16 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
                 if (err := _preprocess_one(j)) is not None:
                     errors.append(err)
                 bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=num_processes) as ex:
-                for err in ex.map(_preprocess_one, jobs):
-                    if err is not None:
-                        errors.append(err)
-                    bar.update()
-    if errors:
-        raise AutosegError("\n".join(errors))
+            return errors
+        ex = ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent)
+        try:
+            for err in ex.map(_preprocess_one, jobs):
+                if err is not None:
+                    errors.append(err)
+                bar.update()
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+    return errors
 
 
 def load_json_roundtrip(obj) -> dict:
@@ -116,6 +132,7 @@ def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEF
     raw = paths.raw_dataset_dir(name)
     info = load_dataset_info(raw)
     cases = list_cases(raw, info)
+    warn_num_training(raw, info, cases)
     unknown = [c for c in configurations if c not in DEFAULT_CONFIGURATIONS]
     if unknown:
         raise AutosegError(f"unknown configuration(s) {unknown}; choose from {list(DEFAULT_CONFIGURATIONS)}")
@@ -125,11 +142,15 @@ def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEF
         return plan_experiment(info, fp, gpu_memory_gb, configurations, normalization)
     plans = plan_experiment(info, fp, gpu_memory_gb, DEFAULT_CONFIGURATIONS, normalization)
     out = paths.preprocessed_dataset_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
-    save_dataset_info(info, out)
-    fp.save(out / "dataset_fingerprint.json")
-    plans.save(out / "plans.json")
-    preprocess_dataset(name, plans, cases, list(configurations), num_processes, clean)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        save_dataset_info(info, out)
+        fp.save(out / "dataset_fingerprint.json")
+        plans.save(out / "plans.json")
+        preprocess_dataset(name, plans, cases, list(configurations), num_processes, clean)
+    except OSError as e:  # disk full, read-only, no permission (also from a worker): one line, no traceback
+        raise (write_error(e, out, MOVE_HINT) or e) from None
     for cname, c in plans.configurations.items():
         print(f"{cname:>20}: spacing {np.round(c.spacing_mm, 3).tolist()} mm, patch {c.patch_size}, batch {c.batch_size}, "
               f"{c.topology.n_stages} stages")

@@ -29,7 +29,7 @@ def _cfg_synthetic(p):
     p.add_argument("-n", "--num-cases", type=int, default=20, help="training cases (default 20)")
     p.add_argument("--num-test", type=int, default=0, help="held-out test cases with labels (imagesTs/labelsTs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="case size preset")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "demo", "medium", "large"], help="case size preset")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="exact case shape (overrides --size)")
 
 
@@ -78,6 +78,8 @@ def _cfg_plan(p):
     p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
                    help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres)")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB that sizes patch and batch (default 8)")
+    p.add_argument("--target", choices=["gpu", "cpu"], default="gpu",
+                   help="gpu: nnU-Net's plans sized to --gpu-memory (default); cpu: sized to ~1 s per training iteration on 2 cores")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--verify", action="store_true", help="only check the dataset's integrity; write nothing")
     p.add_argument("--clean", action="store_true", help="redo cases already preprocessed")
@@ -87,7 +89,8 @@ def _cfg_plan(p):
 
 def _run_plan(a):
     from autoseg.preprocessing.run import plan_and_preprocess
-    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization)
+    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization,
+                        target=a.target)
     return 0
 
 

@@ -36,7 +36,7 @@ BODY_HALF_DEPTH_MM = 115.0  # standard body semi-axis, anterior-posterior
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
 FLIPPED_DIRECTION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
 LESION_COUNT_P = (0.1, 0.15, 0.25, 0.2, 0.15, 0.15)  # probability of 0, 1, .. 5 lesions per liver
-LESION_RADIUS_MM = (5.0, 25.0)  # physical radius range, log-uniform
+LESION_RADIUS_MM = (6.0, 25.0)  # physical radius range, log-uniform (x 0.85-1.15 per axis: >= 5 mm)
 MAX_LESION_RADIUS_STD = 40.0  # standard mm
 HYPERDENSE_P = 0.1  # the rest are hypodense: 20-40 HU against a liver of 52-70 HU
 
@@ -269,7 +269,7 @@ def _lesion_centre(c: _Canvas, depth: np.ndarray, box, radius: float, rng: np.ra
 
 
 def _paint_tumours(c: _Canvas, spacing_zyx, scale: float, rng: np.random.Generator) -> None:
-    """0-5 lesions (label 2; none in 10 % of livers) of physical radius 5-25 mm, mostly hypodense (20-40 HU).
+    """0-5 lesions (label 2; none in 10 % of livers) of physical radius 6-25 mm, mostly hypodense (20-40 HU).
 
     Radii are log-uniform in physical mm (many small, few large), converted to standard mm by
     ``scale`` and capped at ``MAX_LESION_RADIUS_STD`` (on shrunken anatomy a 5 mm lesion would fill
@@ -288,7 +288,7 @@ def _paint_tumours(c: _Canvas, spacing_zyx, scale: float, rng: np.random.Generat
         radius = max(min(float(np.exp(rng.uniform(lo, hi))) / scale, MAX_LESION_RADIUS_STD), min_radius)
         hyper = rng.random() < HYPERDENSE_P
         hu = rng.uniform(95, 125) if hyper else rng.uniform(20, 40)
-        radii, waves = radius * rng.uniform(0.8, 1.2, 3), _waves(rng, 3, 0.06)
+        radii, waves = radius * rng.uniform(0.85, 1.15, 3), _waves(rng, 3, 0.06)
         sl, q, _ = c.blob(_lesion_centre(c, depth, box, radius, rng), radii, waves)
         c.paint(sl, q <= 1, hu, label=2, only_labels=[1, 2])
         if not hyper and radius * scale > 12:  # enhancing rim of larger hypodense lesions

@@ -18,8 +18,10 @@ activations, loss and the data pipeline are not counted; they are in the measure
 Seconds per iteration = ``S_PER_GFLOP x training GFLOPs x batch`` + ``S_OVERHEAD``. The constants
 were fitted by ``benchmarks/cpu_cost_model.py`` (real training iterations with the trainer's
 network, loss, SGD, autocast and background augmentation, 1 loader worker) on the 2-core
-development machine (AMD EPYC, AVX2 only: no native bfloat16, so autocast stays float32). A CPU
-with native bfloat16 (avx512_bf16/AMX) runs the same plan roughly twice as fast.
+development machine (AMD EPYC, AVX2 only: no native bfloat16, so autocast stays float32), as
+CPU seconds / 2 cores: the time of an iteration on an idle machine. On a machine shared with
+other jobs the wall time is longer in proportion to the load. A CPU with native bfloat16
+(avx512_bf16/AMX) should run the same plan faster (not measured here).
 
 Example::
 
@@ -36,8 +38,10 @@ import numpy as np
 
 from autoseg.planners.plans import NetworkTopology
 
-S_PER_GFLOP = 0.0  # set from benchmarks/cpu_cost_model.py (see docs/planner.md)
-S_OVERHEAD = 0.0
+# fitted by benchmarks/cpu_cost_model.py on the 2-core development machine (7 topologies, 12-84 GFLOP/it;
+# errors -26 %..+40 %, see docs/planner.md): CPU time of trainer + loader worker / 2 cores, float32
+S_PER_GFLOP = 0.0128
+S_OVERHEAD = 0.345
 TRAIN_TO_FORWARD = 3.0
 COST_MODEL = ("seconds/iteration = S_PER_GFLOP x batch x 3 x forward conv GFLOPs of the plain U-Net (deep supervision "
               "heads included) + S_OVERHEAD; constants fitted by benchmarks/cpu_cost_model.py on a 2-core CPU (float32)")

@@ -5,7 +5,7 @@ held-out test cases -> evaluate -> HTML report. Everything goes under ``--out``
 (default ``./autoseg_demo``), which becomes AUTOSEG_RAW/PREPROCESSED/RESULTS for the run.
 
 The data is the ``demo`` synthetic preset (abdominal CT at real scale: about 52 x 160 x 160 voxels
-of 2.5-2.8 mm in-plane and 4-5 mm slices, a 1.2-1.7 L liver, lesions of 5-25 mm radius) and the
+of 2.5-2.8 mm in-plane and 4-5 mm slices, a 1.1-1.7 L liver, lesions of 5-25 mm radius) and the
 plan is ``--target cpu`` (a training iteration of about a second on 2 cores). A second run in the
 same ``--out`` reuses the data when ``--cases/--test-cases/--size/--seed`` are unchanged (as
 stored in ``raw/Dataset001_Liver/synthetic.json``); otherwise the data, and everything made from

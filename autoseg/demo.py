@@ -103,7 +103,7 @@ def run(a: argparse.Namespace) -> int:
     summary = load_json(out / "summary.json")
     print("\n=== demo finished in %.1f min" % ((time.time() - t0) / 60))
     for title, sec in timings:
-        print(f"  {title:<22}{sec:8.1f} s")
+        print(f"  {title:<28}{sec:8.1f} s")
     print(f"\n{'label':<14}{'Dice':>8}{'IoU':>8}{'precision':>11}{'recall':>8}")
     for key, name in summary["label_names"].items():
         m = summary["mean"][key]

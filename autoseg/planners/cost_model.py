@@ -85,7 +85,7 @@ def train_gflop(topo: NetworkTopology, patch_size: Sequence[int], in_channels: i
 
 
 def seconds_per_iteration(topo: NetworkTopology, patch_size: Sequence[int], in_channels: int, num_classes: int,
-                          batch_size: int, s_per_gflop: float = None, overhead_s: float = None) -> float:
+                          batch_size: int, s_per_gflop: float | None = None, overhead_s: float | None = None) -> float:
     """Expected seconds of one training iteration on the reference CPU (constants: module doc)."""
     k = S_PER_GFLOP if s_per_gflop is None else s_per_gflop
     c = S_OVERHEAD if overhead_s is None else overhead_s

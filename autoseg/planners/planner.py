@@ -14,6 +14,10 @@
   when the lowres median case has more than half the fullres voxels.
 * The memory model is evaluated without deep-supervision heads and must fit at batch size 2
   (2D references are calibrated at batch 12), exactly as nnU-Net v2.8's planner does.
+
+``target="cpu"`` swaps the one-configuration rule (patch, width, batch, possibly a coarser
+spacing) for :mod:`autoseg.planners.cpu_planner`'s, sized to CPU time; everything else above
+(spacing, transpose, which configurations exist) is shared.
 """
 
 from __future__ import annotations

@@ -120,3 +120,29 @@ def test_generate_dataset_refuses_bad_options(tmp_path: Path):
         generate_dataset(tmp_path / "x", n_train=1, size="huge")
     with pytest.raises(AutosegError, match="n_train"):
         generate_dataset(tmp_path / "x", n_train=0)
+
+
+@pytest.mark.parametrize("size", ["demo", "medium"])
+def test_real_scale_presets_have_a_clinical_liver_and_lesions(size):
+    # the demo's and the budget benchmark's data: in-plane >= 128 voxels, a 1-2 L liver at ~60 HU,
+    # lesions of >= 5 mm radius (equivalent sphere), darker than the liver in most cases
+    from autoseg.datasets.synthetic import _case_grid, fit_anatomy_scale
+    preset = SIZE_PRESETS[size]
+    assert min(preset.shape_zyx[1:]) * 0.9 >= 128
+    scale = fit_anatomy_scale(round(preset.shape_zyx[1] * 0.9) * preset.spacing_xy_mm[0],
+                              round(preset.shape_zyx[2] * 0.9) * preset.spacing_xy_mm[0])
+    radii, darker, with_lesions = [], 0, 0
+    for i in range(3):
+        rng = np.random.default_rng([0, 0, i])
+        shape, spacing = _case_grid(preset, None, rng)
+        hu, lab, _ = make_case(shape, spacing, rng, anatomy_scale=scale)
+        ml = float(np.prod(spacing)) / 1000
+        assert 1000 <= (lab > 0).sum() * ml <= 2000
+        assert 50 <= hu[lab == 1].mean() <= 75
+        comps, n = ndimage.label(lab == 2)
+        if n:
+            with_lesions += 1
+            vol = np.bincount(comps.ravel())[1:] * ml * 1000  # mm^3
+            radii += list((3 * vol / (4 * np.pi)) ** (1 / 3))
+            darker += int(np.median(hu[lab == 2]) < np.median(hu[lab == 1]) - 10)
+    assert with_lesions >= 2 and darker >= 2 and min(radii) >= 5.0

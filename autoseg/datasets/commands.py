@@ -19,7 +19,7 @@ def configure_synthetic(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-cases", type=int, default=20, help="training cases (default 20)")
     p.add_argument("--num-test", type=int, default=0, help="held-out test cases with labels (imagesTs/labelsTs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="case size preset")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "demo", "medium", "large"], help="case size preset")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="exact case shape (overrides --size)")
 
 

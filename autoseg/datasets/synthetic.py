@@ -27,12 +27,18 @@ from tqdm import tqdm
 from autoseg.datasets.layout import DatasetInfo, save_dataset_info
 from autoseg.errors import AutosegError
 from autoseg.io.images import Geometry, write_image
+from autoseg.io.json_io import load_json, save_json
 
 INF = np.inf
+PARAMS_FILE = "synthetic.json"  # generation options, beside dataset.json
 BODY_HALF_WIDTH_MM = 165.0  # standard body semi-axis, left-right (varies -10 %..+8 % per case)
 BODY_HALF_DEPTH_MM = 115.0  # standard body semi-axis, anterior-posterior
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
 FLIPPED_DIRECTION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+LESION_COUNT_P = (0.1, 0.15, 0.25, 0.2, 0.15, 0.15)  # probability of 0, 1, .. 5 lesions per liver
+LESION_RADIUS_MM = (6.0, 25.0)  # physical radius range, log-uniform (x 0.85-1.15 per axis: >= 5 mm)
+MAX_LESION_RADIUS_STD = 40.0  # standard mm
+HYPERDENSE_P = 0.1  # the rest are hypodense: 20-40 HU against a liver of 52-70 HU
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,8 @@ class SizePreset:
 SIZE_PRESETS = {
     "tiny": SizePreset((32, 48, 48), (1.5, 2.5), (2.0, 4.0)),
     "small": SizePreset((48, 96, 96), (1.5, 3.0), (2.5, 5.0)),
-    "medium": SizePreset((96, 192, 192), (1.0, 2.0), (2.0, 5.0)),
+    "demo": SizePreset((52, 160, 160), (2.5, 2.8), (4.0, 5.0)),
+    "medium": SizePreset((96, 192, 192), (2.0, 2.4), (2.5, 5.0)),
     "large": SizePreset((300, 512, 512), (0.7, 0.95), (1.0, 2.5)),
 }
 
@@ -254,26 +261,37 @@ def _paint_liver(c: _Canvas, t: _Torso, z_liver: float, liver_hu: float, rng: np
             c.paint(*t.clip(found, center), hu, label=0)
 
 
+def _lesion_centre(c: _Canvas, depth: np.ndarray, box, radius: float, rng: np.random.Generator) -> list[float]:
+    """A random liver voxel at least 0.7 ``radius`` (standard mm) inside the liver, else one of the deepest."""
+    deep = np.flatnonzero(depth >= min(0.7 * radius, float(depth.max())))
+    idx = np.unravel_index(deep[rng.integers(deep.size)], depth.shape)
+    return [float(c.pos[a][box[a].start + idx[a]]) for a in range(3)]
+
+
 def _paint_tumours(c: _Canvas, spacing_zyx, scale: float, rng: np.random.Generator) -> None:
-    """0-5 tumours (label 2) centred on liver voxels; the smallest cover only a few voxels."""
-    n = rng.choice(6, p=[0.1, 0.3, 0.25, 0.15, 0.1, 0.1])
-    liver_box = [np.flatnonzero(c.labels.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
-    if n == 0 or any(b.size == 0 for b in liver_box):
+    """0-5 lesions (label 2; none in 10 % of livers) of physical radius 6-25 mm, mostly hypodense (20-40 HU).
+
+    Radii are log-uniform in physical mm (many small, few large), converted to standard mm by
+    ``scale`` and capped at ``MAX_LESION_RADIUS_STD`` (on shrunken anatomy a 5 mm lesion would fill
+    the liver) and at least 1.2 in-plane voxels. Centres lie 0.7 radius inside the liver (distance
+    map of the liver's bounding box only, to stay memory-light), so lesions are not clipped to slivers.
+    """
+    n = rng.choice(len(LESION_COUNT_P), p=LESION_COUNT_P)
+    liver = c.labels == 1
+    if n == 0 or not liver.any():
         return
+    box = ndimage.find_objects(liver.astype(np.uint8))[0]
+    depth = ndimage.distance_transform_edt(liver[box], sampling=[s / scale for s in spacing_zyx]).astype(np.float32)
     min_radius = 1.2 * max(spacing_zyx[1:]) / scale
+    lo, hi = np.log(LESION_RADIUS_MM[0]), np.log(LESION_RADIUS_MM[1])
     for _ in range(n):
-        cand = np.stack([rng.integers(b[0], b[-1] + 1, 64) for b in liver_box], axis=1)
-        hits = cand[c.labels[cand[:, 0], cand[:, 1], cand[:, 2]] == 1]
-        radius = max(float(np.exp(rng.uniform(np.log(4), np.log(30)))), min_radius)
-        hyper = rng.random() < 0.3
-        hu = rng.uniform(95, 125) if hyper else rng.uniform(10, 35)
-        radii, waves = radius * rng.uniform(0.8, 1.2, 3), _waves(rng, 3, 0.06)
-        if len(hits) == 0:
-            continue
-        center = [c.pos[a][hits[0][a]] for a in range(3)]
-        sl, q, _ = c.blob(center, radii, waves)
+        radius = max(min(float(np.exp(rng.uniform(lo, hi))) / scale, MAX_LESION_RADIUS_STD), min_radius)
+        hyper = rng.random() < HYPERDENSE_P
+        hu = rng.uniform(95, 125) if hyper else rng.uniform(20, 40)
+        radii, waves = radius * rng.uniform(0.85, 1.15, 3), _waves(rng, 3, 0.06)
+        sl, q, _ = c.blob(_lesion_centre(c, depth, box, radius, rng), radii, waves)
         c.paint(sl, q <= 1, hu, label=2, only_labels=[1, 2])
-        if not hyper and radius > 12:  # enhancing rim of larger hypodense lesions
+        if not hyper and radius * scale > 12:  # enhancing rim of larger hypodense lesions
             c.paint(sl, (q <= 1) & (q > 0.6), hu + 25, only_labels=[2])
 
 
@@ -363,4 +381,17 @@ def generate_dataset(out_dir: Path, n_train: int, n_test: int = 0, seed: int = 0
     info = DatasetInfo(name=name, channel_names={"0": "CT"}, labels=dict(LABELS), numTraining=n_train,
                        description=f"autoseg synthetic abdominal CT (size {size}, seed {seed}, anatomy scale {scale:.3f})")
     save_dataset_info(info, out_dir)
+    save_json(generation_params(n_train, n_test, seed, size, shape_zyx), out_dir / PARAMS_FILE)
     return info
+
+
+def generation_params(n_train: int, n_test: int, seed: int, size: str, shape_zyx=None) -> dict:
+    """What :func:`generate_dataset` stores in ``synthetic.json``: the options that decide the arrays."""
+    return {"n_train": int(n_train), "n_test": int(n_test), "seed": int(seed), "size": size,
+            "shape_zyx": [int(v) for v in shape_zyx] if shape_zyx is not None else None}
+
+
+def stored_params(out_dir: Path) -> dict | None:
+    """The generation options stored beside a synthetic dataset, or None (not made by this version)."""
+    path = Path(out_dir) / PARAMS_FILE
+    return load_json(path) if path.is_file() else None

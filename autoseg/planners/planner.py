@@ -14,11 +14,16 @@
   when the lowres median case has more than half the fullres voxels.
 * The memory model is evaluated without deep-supervision heads and must fit at batch size 2
   (2D references are calibrated at batch 12), exactly as nnU-Net v2.8's planner does.
+
+``target="cpu"`` swaps the one-configuration rule (patch, width, batch, possibly a coarser
+spacing) for :mod:`autoseg.planners.cpu_planner`'s, sized to CPU time; everything else above
+(spacing, transpose, which configurations exist) is shared.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +31,8 @@ from autoseg.datasets.layout import DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.planners import topology as T
+from autoseg.planners.cost_model import COST_MODEL, seconds_per_iteration, train_gflop
+from autoseg.planners.cpu_planner import plan_cpu_configuration
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings, compute_new_shape
 
 ANISOTROPY_THRESHOLD = 3.0
@@ -112,9 +119,60 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
                              estimated_vram_gb=round(estimate / reference * gpu_memory_gb * batch / ref_bs, 3))
 
 
+def _lowres(plan_one: Callable[..., ConfigurationPlan], sp_t: np.ndarray, median_t: np.ndarray, num_cases: int,
+            num_classes: int, norm: list[ChannelNormalization]) -> ConfigurationPlan | None:
+    """3d_lowres: coarsen in 3 % steps until the patch covers >= 25 % of the median case (None: not worth it)."""
+    low_sp = np.array(sp_t, dtype=float)
+    low = None
+    median_vox = float(np.prod(median_t, dtype=np.float64))
+    patch_vox = 0.0
+    while patch_vox / median_vox < LOWRES_THRESHOLD:
+        ratio = low_sp.max() / low_sp
+        if np.any(ratio > 2):
+            low_sp[ratio > 2] *= LOWRES_SPACING_STEP
+        else:
+            low_sp *= LOWRES_SPACING_STEP
+        low_shape = sp_t / low_sp * median_t
+        median_vox = float(np.prod(low_shape, dtype=np.float64))
+        low = plan_one("3d_lowres", low_sp, [round(v) for v in low_shape], median_vox * num_cases, num_classes, norm,
+                       f"{PLANS_NAME}_3d_lowres", False)
+        if not np.allclose(low.spacing_mm, low_sp):  # the CPU rule coarsened further: continue from its grid
+            low_sp = np.array(low.spacing_mm, dtype=float)
+            median_vox = float(np.prod(sp_t / low_sp * median_t, dtype=np.float64))
+        patch_vox = float(np.prod(low.patch_size, dtype=np.float64))
+    assert low is not None
+    if np.prod(median_t, dtype=np.float64) / median_vox < 2:  # lowres is barely smaller: drop it
+        return None
+    low.next_stage = "3d_cascade_fullres"
+    return low
+
+
+def _plan_gpu_configuration(name, spacing, median_shape, n_voxels_dataset, num_classes, normalization, data_identifier,
+                            batch_dice, gpu_memory_gb: float) -> ConfigurationPlan:
+    """:func:`plan_configuration` with the argument order the CPU rule shares."""
+    return plan_configuration(name, spacing, median_shape, n_voxels_dataset, num_classes, gpu_memory_gb, normalization,
+                              data_identifier, batch_dice)
+
+
+def _configuration_planner(target: str, gpu_memory_gb: float, in_channels: int) -> Callable[..., ConfigurationPlan]:
+    """The one-configuration rule of ``target``: GPU memory (nnU-Net) or CPU time (cpu_planner)."""
+    if target == "gpu":
+        return functools.partial(_plan_gpu_configuration, gpu_memory_gb=gpu_memory_gb)
+    if target == "cpu":
+        return functools.partial(plan_cpu_configuration, in_channels=in_channels)
+    raise AutosegError(f"--target {target}: choose gpu (size to GPU memory) or cpu (size to ~1 s per training iteration)")
+
+
 def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: float = 8.0,
-                    configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"), normalization: str | None = None) -> Plans:
-    """All configurations for a dataset; ``configurations`` filters which are planned."""
+                    configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"), normalization: str | None = None,
+                    target: str = "gpu") -> Plans:
+    """All configurations for a dataset; ``configurations`` filters which are planned.
+
+    ``target``: ``gpu`` sizes patch and batch to ``gpu_memory_gb`` (nnU-Net's rules, exactly);
+    ``cpu`` to a training iteration of about a second on 2 cores (:mod:`autoseg.planners.cpu_planner`;
+    3d_fullres may then use a coarser spacing than the median, and the cascade's second stage with it).
+    """
+    plan_one = _configuration_planner(target, gpu_memory_gb, info.num_channels)
     spacings, shapes = fp.spacings(), fp.shapes_after_crop()
     full_sp = fullres_spacing(spacings, shapes)
     tf = [int(np.argmax(full_sp))] + [i for i in range(3) if i != int(np.argmax(full_sp))]
@@ -127,35 +185,28 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
     k = len(info.labels)
     confs: dict[str, ConfigurationPlan] = {}
     if "2d" in configurations:
-        confs["2d"] = plan_configuration("2d", sp_t[1:], median_t[1:], n_vox, k, gpu_memory_gb, norm, f"{PLANS_NAME}_2d", True)
-    full = plan_configuration("3d_fullres", sp_t, median_t, n_vox, k, gpu_memory_gb, norm, f"{PLANS_NAME}_3d_fullres", True)
+        confs["2d"] = plan_one("2d", sp_t[1:], median_t[1:], n_vox, k, norm, f"{PLANS_NAME}_2d", True)
+    full = plan_one("3d_fullres", sp_t, median_t, n_vox, k, norm, f"{PLANS_NAME}_3d_fullres", True)
+    if not np.allclose(full.spacing_mm, sp_t):  # CPU rule: the fullres grid itself was coarsened
+        median_t, sp_t = sp_t / np.asarray(full.spacing_mm) * median_t, np.asarray(full.spacing_mm)
+        n_vox = float(np.prod(median_t, dtype=np.float64) * fp.num_cases)
     if "3d_fullres" in configurations:
         confs["3d_fullres"] = full
     if "3d_lowres" in configurations and np.prod(full.patch_size, dtype=np.float64) / np.prod(median_t, dtype=np.float64) < LOWRES_THRESHOLD:
-        low_sp = np.array(sp_t, dtype=float)
-        low = None
-        patch_vox, median_vox = np.prod(full.patch_size, dtype=np.float64), np.prod(median_t, dtype=np.float64)
-        while patch_vox / median_vox < LOWRES_THRESHOLD:
-            ratio = low_sp.max() / low_sp
-            if np.any(ratio > 2):
-                low_sp[ratio > 2] *= LOWRES_SPACING_STEP
-            else:
-                low_sp *= LOWRES_SPACING_STEP
-            low_shape = sp_t / low_sp * median_t
-            median_vox = float(np.prod(low_shape, dtype=np.float64))
-            low = plan_configuration("3d_lowres", low_sp, [round(v) for v in low_shape], median_vox * fp.num_cases, k,
-                                     gpu_memory_gb, norm, f"{PLANS_NAME}_3d_lowres", False)
-            patch_vox = float(np.prod(low.patch_size, dtype=np.float64))
-        assert low is not None
-        if np.prod(median_t, dtype=np.float64) / median_vox >= 2:  # else lowres is barely smaller: drop it
-            low.next_stage = "3d_cascade_fullres"
+        low = _lowres(plan_one, sp_t, median_t, fp.num_cases, k, norm)
+        if low is not None:
             confs["3d_lowres"] = low
-            cascade = plan_configuration("3d_cascade_fullres", sp_t, median_t, n_vox, k, gpu_memory_gb, norm, full.data_identifier, True)
+            cascade = plan_one("3d_cascade_fullres", sp_t, median_t, n_vox, k, norm, full.data_identifier, True)
             cascade.previous_stage = "3d_lowres"
             confs["3d_cascade_fullres"] = cascade
     if "3d_fullres" in confs:
         full.batch_dice = "3d_lowres" in confs  # nnU-Net: batch Dice for fullres only when a cascade exists
+    for c in confs.values():  # what each plan would cost on the reference CPU (the GPU plans too)
+        if c.expected_s_per_iter_cpu is None:
+            c.train_gflop_per_iter = round(c.batch_size * train_gflop(c.topology, c.patch_size, info.num_channels, k), 2)
+            c.expected_s_per_iter_cpu = round(seconds_per_iteration(c.topology, c.patch_size, info.num_channels, k, c.batch_size), 3)
     return Plans(dataset_name=fp.dataset_name, plans_name=PLANS_NAME, gpu_memory_gb=gpu_memory_gb, transpose_forward=tf,
                  transpose_backward=tb, original_median_spacing_mm=[float(v) for v in np.median(spacings, 0)],
                  original_median_shape_vox=[int(v) for v in np.median(fp.shapes_after_crop(), 0)],
-                 num_input_channels=info.num_channels, labels=dict(info.labels), configurations=confs, memory_model=MEMORY_MODEL)
+                 num_input_channels=info.num_channels, labels=dict(info.labels), configurations=confs, memory_model=MEMORY_MODEL,
+                 target=target, cost_model=COST_MODEL)

@@ -86,6 +86,8 @@ class ConfigurationPlan:
     normalization: list[ChannelNormalization]
     resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
     estimated_vram_gb: float = 0.0
+    expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
+    train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
     previous_stage: str | None = None  # cascade: the configuration whose predictions feed this one
     next_stage: str | None = None
 
@@ -107,6 +109,8 @@ class Plans:
     labels: dict[str, int]
     configurations: dict[str, ConfigurationPlan]
     memory_model: str = ""
+    target: str = "gpu"  # gpu: nnU-Net's memory-sized plans; cpu: sized to a training iteration of ~1 s (cpu_planner.py)
+    cost_model: str = ""
 
     def transposed(self, values_zyx: "list | tuple") -> list:
         """Per-axis (Z, Y, X) values in the network's axis order: ``values_zyx[transpose_forward[i]]``."""

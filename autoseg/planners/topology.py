@@ -74,12 +74,17 @@ def pool_and_conv_props(spacing: Sequence[float], patch_size: Sequence[int], min
     return pools, strides, kernels, padded, divisor
 
 
-def make_topology(spacing: Sequence[float], patch_size: Sequence[int]) -> tuple[NetworkTopology, list[int], list[int]]:
-    """Topology for a patch; returns (topology, padded patch, divisor per axis)."""
-    max_f = MAX_FEATURES_3D if len(spacing) == 3 else MAX_FEATURES_2D
+def make_topology(spacing: Sequence[float], patch_size: Sequence[int],
+                  base_features: int = BASE_FEATURES) -> tuple[NetworkTopology, list[int], list[int]]:
+    """Topology for a patch; returns (topology, padded patch, divisor per axis).
+
+    ``base_features``: features of the first stage (nnU-Net: 32); the cap on the deepest stages
+    (320 in 3D, 512 in 2D at 32) scales with it, so halving it quarters every conv's cost.
+    """
+    max_f = (MAX_FEATURES_3D if len(spacing) == 3 else MAX_FEATURES_2D) * base_features // BASE_FEATURES
     _, strides, kernels, patch, divisor = pool_and_conv_props(spacing, patch_size)
     n = len(strides)
-    topo = NetworkTopology(n_stages=n, features_per_stage=[min(BASE_FEATURES * 2 ** i, max_f) for i in range(n)],
+    topo = NetworkTopology(n_stages=n, features_per_stage=[min(base_features * 2 ** i, max_f) for i in range(n)],
                            kernel_sizes=kernels, strides=strides, n_conv_per_stage_encoder=[CONVS_PER_STAGE] * n,
                            n_conv_per_stage_decoder=[CONVS_PER_STAGE] * (n - 1))
     return topo, patch, divisor

@@ -13,6 +13,8 @@ def configure_plan_and_preprocess(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
                    help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres)")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB that sizes patch and batch (default 8)")
+    p.add_argument("--target", choices=["gpu", "cpu"], default="gpu",
+                   help="gpu: nnU-Net's plans sized to --gpu-memory (default); cpu: sized to ~1 s per training iteration on 2 cores")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--verify", action="store_true", help="only check the dataset's integrity; write nothing")
     p.add_argument("--clean", action="store_true", help="redo cases already preprocessed")
@@ -21,5 +23,6 @@ def configure_plan_and_preprocess(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan_and_preprocess(a: argparse.Namespace) -> int:
-    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization)
+    plan_and_preprocess(a.dataset, a.configurations, a.gpu_memory, a.num_processes, a.verify, a.clean, a.normalization,
+                        target=a.target)
     return 0

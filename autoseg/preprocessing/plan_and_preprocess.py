@@ -126,8 +126,11 @@ def load_json_roundtrip(obj) -> dict:
 
 def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS, gpu_memory_gb: float = 8.0,
                         num_processes: int = 1, verify_only: bool = False, clean: bool = False,
-                        normalization: str | None = None) -> Plans:
-    """Run the whole first stage; returns the plans. Nothing is written if the dataset check fails."""
+                        normalization: str | None = None, target: str = "gpu") -> Plans:
+    """Run the whole first stage; returns the plans. Nothing is written if the dataset check fails.
+
+    ``target``: ``gpu`` (nnU-Net's plans for ``gpu_memory_gb``) or ``cpu`` (sized to CPU time).
+    """
     name = paths.resolve_dataset(dataset, search_preprocessed=False)
     raw = paths.raw_dataset_dir(name)
     info = load_dataset_info(raw)
@@ -139,8 +142,8 @@ def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEF
     fp = extract_fingerprint(name, info, cases, num_processes)
     if verify_only:
         print(f"{name}: {len(cases)} cases passed the integrity check")
-        return plan_experiment(info, fp, gpu_memory_gb, configurations, normalization)
-    plans = plan_experiment(info, fp, gpu_memory_gb, DEFAULT_CONFIGURATIONS, normalization)
+        return plan_experiment(info, fp, gpu_memory_gb, configurations, normalization, target)
+    plans = plan_experiment(info, fp, gpu_memory_gb, DEFAULT_CONFIGURATIONS, normalization, target)
     out = paths.preprocessed_dataset_dir(name)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +156,7 @@ def plan_and_preprocess(dataset: str | None, configurations: Sequence[str] = DEF
         raise (write_error(e, out, MOVE_HINT) or e) from None
     for cname, c in plans.configurations.items():
         print(f"{cname:>20}: spacing {np.round(c.spacing_mm, 3).tolist()} mm, patch {c.patch_size}, batch {c.batch_size}, "
-              f"{c.topology.n_stages} stages")
+              f"{c.topology.n_stages} stages, features {c.topology.features_per_stage[0]}.., "
+              f"~{c.expected_s_per_iter_cpu} s/iteration on 2 CPU cores")
     print(f"plans: {out / 'plans.json'}")
     return plans

@@ -35,10 +35,12 @@ def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str
     cases = [InputCase(cid, list(by_id[cid].images), f"{cid}{info.file_ending}") for cid in val_ids if cid in by_id]
     out = paths.validation_dir(dataset, configuration, fold)
     model = TrainedModel(paths.results_dataset_dir(dataset), configuration, folds=[fold])
-    previous = None
-    if model.config.previous_stage:
-        previous = TrainedModel(paths.results_dataset_dir(dataset), model.config.previous_stage, folds=[fold])
     options = PredictOptions(device=device, amp=amp, save_probabilities=True, postprocess=False, overwrite=True)
+    previous = None
+    if model.config.is_roi:
+        options.prev_stage_dir = roi_boxes_source(dataset, model.config.previous_stage or "", fold, cases, info.file_ending)
+    elif model.config.previous_stage:
+        previous = TrainedModel(paths.results_dataset_dir(dataset), model.config.previous_stage, folds=[fold])
     summary = predict_cases(model, cases, out, options, previous=previous)
     if summary.failed:
         print(summary.text())
@@ -48,6 +50,19 @@ def validate_fold(dataset: str, configuration: str, fold: str, val_ids: list[str
     print(f"fold {fold} validation ({len(cases)} cases, {time.time() - t0:.0f} s, outside any --time-budget): "
           f"Dice {dice}  -> {Path(out) / 'summary.json'}")
     return result
+
+
+def roi_boxes_source(dataset: str, previous: str, fold: str, cases: list[InputCase], ending: str) -> Path:
+    """Where the two-stage model's validation takes its stage-1 masks: the stage-1 model's own
+    cross-validation predictions of these cases (same fold, so never trained on them) when they all
+    exist, else the ground truth (said so: such a validation is optimistic about stage 1)."""
+    stage1 = paths.validation_dir(dataset, previous, fold)
+    if cases and all((stage1 / f"{c.case_id}{ending}").is_file() for c in cases):
+        print(f"fold {fold}: stage-2 boxes from {previous} cross-validation predictions ({stage1})")
+        return stage1
+    print(f"fold {fold}: no {previous} cross-validation predictions for every validation case; stage-2 boxes "
+          f"from the ground truth (train {previous} fold {fold} first for an honest two-stage validation)")
+    return paths.raw_dataset_dir(dataset) / "labelsTr"
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:

@@ -51,6 +51,7 @@ class CaseFingerprint:
     shape_after_crop_zyx: list[int]
     crop_size_ratio: float
     labels_present: list[int] = field(default_factory=list)
+    foreground_bbox_zyx: list[list[int]] | None = None  # all labels > 0 together, half-open, in the input grid
 
 
 @dataclass
@@ -110,6 +111,7 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     undeclared = [v for v in present if v not in labels]
     if undeclared:
         raise AutosegError(f"{case.label}: label value(s) {undeclared} not declared in dataset.json labels {labels}; declare or remove them")
+    fg_box = _foreground_box(seg)
     bbox = nonzero_bbox(data)
     data_c, seg_c = crop(data, bbox), crop(seg[None], bbox)[0]
     fg = seg_c > 0
@@ -123,8 +125,19 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
         samples = np.zeros((data.shape[0], 0), np.float32)
     shape_c = list(data_c.shape[1:])
     fp = CaseFingerprint(case.case_id, [float(s) for s in geom.spacing_zyx], list(geom.shape_zyx), shape_c,
-                         float(np.prod(shape_c) / np.prod(geom.shape_zyx)), present)
+                         float(np.prod(shape_c) / np.prod(geom.shape_zyx)), present, fg_box)
     return fp, samples, ndim
+
+
+def _foreground_box(seg: np.ndarray) -> list[list[int]] | None:
+    """Half-open (Z, Y, X) box of ``seg > 0``; None for a case without foreground."""
+    box = []
+    for axis in range(seg.ndim):
+        nz = np.flatnonzero((seg > 0).any(axis=tuple(a for a in range(seg.ndim) if a != axis)))
+        if nz.size == 0:
+            return None
+        box.append([int(nz[0]), int(nz[-1]) + 1])
+    return box
 
 
 def _worker(args):

@@ -22,7 +22,7 @@ from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessi
 from autoseg.model.probabilities import ProbabilityInfo, write_probabilities
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import CaseProperties
-from autoseg.preprocessing.inverse import paste, to_cropped_grid
+from autoseg.preprocessing.inverse import input_slices, paste, to_cropped_grid
 
 
 def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
@@ -40,9 +40,9 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
     labels: np.ndarray | None = None
     full_probs = None
     if keep_probabilities:
-        full_probs = np.zeros([probs.shape[0]] + list(props.original_geometry.shape_zyx), dtype=np.float16)
+        full_probs = np.zeros([probs.shape[0]] + list(props.output_geometry.shape_zyx), dtype=np.float16)
         full_probs[0] = 1
-    box = tuple(slice(a, b) for a, b in props.bbox_zyx)
+    box = input_slices(props)
     for k in range(probs.shape[0]):
         pk = to_cropped_grid(probs[k:k + 1], props, plans, config)
         if full_probs is not None:
@@ -73,9 +73,9 @@ def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, 
         seg, full_probs = segment(probs, props, plans, config, keep_probabilities=save_probabilities)
     if rules is not None:
         seg = apply_postprocessing(seg, rules)
-    write_image(seg, props.original_geometry, out_path)
+    write_image(seg, props.output_geometry, out_path)
     if full_probs is not None:
-        info = ProbabilityInfo(case_id=props.case_id, labels=dict(plans.labels), geometry=props.original_geometry,
+        info = ProbabilityInfo(case_id=props.case_id, labels=dict(plans.labels), geometry=props.output_geometry,
                                segmentation_file=out_path.name)
         write_probabilities(full_probs, info, out_path.parent)
     return seg

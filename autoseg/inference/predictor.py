@@ -40,6 +40,7 @@ from autoseg.model.trained import TrainedModel
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.inverse import map_to_original
 from autoseg.preprocessing.preprocessor import onehot_previous_stage, preprocess_case
+from autoseg.preprocessing.roi import crop_case, roi_box
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +140,20 @@ class _Loaded:
 
 
 class CasePipeline:
-    """Runs :func:`predict_cases`' stages for one model (and the cascade's first stage)."""
+    """Runs :func:`predict_cases`' stages for one model (and the first stage of a cascade or of the
+    two-stage model: for ``3d_roi_fullres``, :meth:`load_roi` crops each case to stage 1's box and
+    export pastes the result back into the whole input)."""
 
     def __init__(self, model: TrainedModel, options: PredictOptions, out_dir: Path, previous: TrainedModel | None):
         self.model, self.options, self.out_dir = model, options, Path(out_dir)
         extra = model.num_input_channels - model.num_image_channels
-        if model.config.previous_stage:
+        if model.config.previous_stage and previous is None and options.prev_stage_dir is None:
+            raise AutosegError(f"configuration {model.configuration} needs its previous stage: train "
+                               f"{model.config.previous_stage} or pass --prev-stage-predictions DIR")
+        if model.config.is_cascade:
             if extra != model.num_classes - 1:
                 raise AutosegError(f"{model.folder}: cascade networks take {model.num_input_channels} channels, expected "
                                    f"{model.num_image_channels} image + {model.num_classes - 1} one-hot; retrain the cascade")
-            if previous is None and options.prev_stage_dir is None:
-                raise AutosegError(f"configuration {model.configuration} needs its previous stage: train "
-                                   f"{model.config.previous_stage} or pass --prev-stage-predictions DIR")
         elif extra != 0:
             raise AutosegError(f"{model.folds[0].checkpoint.parent / 'training.json'}: network takes {model.num_input_channels} "
                                f"channels but the dataset has {model.num_image_channels}; check training.json")
@@ -163,9 +166,11 @@ class CasePipeline:
 
     def load(self, case: InputCase) -> _Loaded:
         data, geometry = read_input_case(case, self.model.num_image_channels)
+        if self.model.config.is_roi:
+            return self.load_roi(case, data, geometry)
         pre, props = self.predictor.preprocess(data, geometry, case.case_id)
         loaded = _Loaded(case, pre, props)
-        if self.model.config.previous_stage:
+        if self.model.config.is_cascade:
             if self.first_stage is not None:
                 loaded.lowres = self.first_stage.preprocess(data, geometry, case.case_id)
             else:
@@ -173,9 +178,26 @@ class CasePipeline:
                 loaded.previous = _read_previous(Path(self.options.prev_stage_dir), case, geometry)
         return loaded
 
+    def load_roi(self, case: InputCase, data: np.ndarray, geometry: Geometry) -> _Loaded:
+        """Two-stage: stage 1 (or ``--prev-stage-predictions``) finds the foreground, stage 2 gets its box."""
+        if self.first_stage is not None:
+            mask = self.first_stage.segment(*self.first_stage.preprocess(data, geometry, case.case_id))
+        else:
+            assert self.options.prev_stage_dir is not None
+            mask = _read_previous(Path(self.options.prev_stage_dir), case, geometry)
+        box, _ = roi_box(mask, geometry.spacing_zyx, float(self.model.config.roi_margin_mm or 0.0))
+        if box is None:
+            tqdm.write(f"warning: {case.case_id}: stage 1 ({self.model.config.previous_stage}) found no foreground; "
+                       f"stage 2 predicts the whole image", file=sys.stderr)
+            box = [[0, int(n)] for n in geometry.shape_zyx]
+        crop, _, crop_geometry = crop_case(data, None, geometry, box)
+        pre, props = self.predictor.preprocess(crop, crop_geometry, case.case_id)
+        props.roi_box_zyx, props.roi_full_geometry = box, geometry
+        return _Loaded(case, pre, props)
+
     def predict(self, item: _Loaded) -> tuple[torch.Tensor, UncertaintyCollector | None]:
         data = item.data
-        if self.model.config.previous_stage:
+        if self.model.config.is_cascade:
             prev = item.previous
             if prev is None:
                 assert self.first_stage is not None and item.lowres is not None
@@ -195,8 +217,8 @@ class CasePipeline:
         variance = map_to_original(collector.variance[collector.valid].float().cpu(), props, m.plans, m.config)
         entropy = map_to_original(entropy_map(probs), props, m.plans, m.config)
         udir = self.out_dir / UNCERTAINTY_DIR
-        write_image(variance, props.original_geometry, udir / f"{cid}_uncertainty.nii.gz")
-        write_image(entropy, props.original_geometry, udir / f"{cid}_entropy.nii.gz")
+        write_image(variance, props.output_geometry, udir / f"{cid}_uncertainty.nii.gz")
+        write_image(entropy, props.output_geometry, udir / f"{cid}_entropy.nii.gz")
         voxel_ml = float(np.prod(props.spacing_after_resampling)) / 1000.0
         names = {int(v): k for k, v in m.plans.labels.items() if int(v) != 0}
         summary = summarize(cid, seg, variance, entropy, collector.pass_volumes_vox.numpy(), voxel_ml, names)
@@ -214,7 +236,7 @@ def prediction_bytes(props: CaseProperties, channels: int, num_classes: int) -> 
 
 def export_bytes(props: CaseProperties, num_classes: int) -> int:
     """Host memory estimate of one export: probabilities + resampling temporaries, running max, labels."""
-    n_crop, n_full = int(np.prod(props.shape_after_crop_zyx)), int(np.prod(props.original_geometry.shape_zyx))
+    n_crop, n_full = int(np.prod(props.shape_after_crop_zyx)), int(np.prod(props.output_geometry.shape_zyx))
     return num_classes * 4 * int(np.prod(props.shape_after_resampling)) + 3 * 4 * n_crop + 2 * n_full
 
 

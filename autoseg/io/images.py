@@ -62,6 +62,16 @@ class Geometry:
         img.SetDirection([float(d) for d in self.direction])
         return img
 
+    def cropped(self, box_zyx: list[list[int]] | list[tuple[int, int]]) -> "Geometry":
+        """The grid of ``array[z0:z1, y0:y1, x0:x1]``: same spacing and direction, the origin moved to
+        the box's first voxel (``origin + direction @ (spacing * index)`` in physical X, Y, Z)."""
+        start_xyz = np.array([box_zyx[2][0], box_zyx[1][0], box_zyx[0][0]], dtype=float)
+        spacing_xyz = np.array(self.spacing_zyx[::-1], dtype=float)
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        origin = np.asarray(self.origin_xyz, dtype=float) + d @ (spacing_xyz * start_xyz)
+        return Geometry(shape_zyx=[int(b - a) for a, b in box_zyx], spacing_zyx=list(self.spacing_zyx),
+                        origin_xyz=[float(o) for o in origin], direction=list(self.direction))
+
     def matches(self, other: "Geometry", tol: float = 1e-3) -> str | None:
         """None when both describe the same grid, else a short description of the difference."""
         if list(self.shape_zyx) != list(other.shape_zyx):

@@ -37,6 +37,7 @@ class TrainingConfig:
     measured_val_iter_s: float | None = None
     batch_size: int = 2
     oversample_foreground: float = 0.33
+    rare_class_bias: float = 0.0   # share of foreground-forced samples centred on the rarest class (tumour)
     seed: int = 12345
     num_workers: int = 2
     device: str = "cpu"

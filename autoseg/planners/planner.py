@@ -33,6 +33,7 @@ from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.planners import topology as T
 from autoseg.planners.cost_model import COST_MODEL, seconds_per_iteration, train_gflop
 from autoseg.planners.cpu_planner import plan_cpu_configuration
+from autoseg.planners.roi import ROI_NAME, plan_roi
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings, compute_new_shape
 
 ANISOTROPY_THRESHOLD = 3.0
@@ -164,7 +165,7 @@ def _configuration_planner(target: str, gpu_memory_gb: float, in_channels: int) 
 
 
 def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: float = 8.0,
-                    configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"), normalization: str | None = None,
+                    configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres", ROI_NAME), normalization: str | None = None,
                     target: str = "gpu") -> Plans:
     """All configurations for a dataset; ``configurations`` filters which are planned.
 
@@ -199,6 +200,10 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
             cascade = plan_one("3d_cascade_fullres", sp_t, median_t, n_vox, k, norm, full.data_identifier, True)
             cascade.previous_stage = "3d_lowres"
             confs["3d_cascade_fullres"] = cascade
+    if ROI_NAME in configurations:
+        roi = plan_roi(plan_one, fp, full_sp, tf, k, norm, "3d_lowres" if "3d_lowres" in confs else "3d_fullres", PLANS_NAME)
+        if roi is not None:
+            confs[ROI_NAME] = roi
     if "3d_fullres" in confs:
         full.batch_dice = "3d_lowres" in confs  # nnU-Net: batch Dice for fullres only when a cascade exists
     for c in confs.values():  # what each plan would cost on the reference CPU (the GPU plans too)

@@ -88,12 +88,24 @@ class ConfigurationPlan:
     estimated_vram_gb: float = 0.0
     expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
     train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
-    previous_stage: str | None = None  # cascade: the configuration whose predictions feed this one
+    previous_stage: str | None = None  # cascade / two-stage: the configuration whose predictions feed this one
     next_stage: str | None = None
+    roi_margin_mm: float | None = None  # two-stage: stage 2 sees only the stage-1 foreground box + this margin
+    roi_jitter_mm: float | None = None  # two-stage training: boxes shifted/resized by up to this much per side
 
     @property
     def dim(self) -> int:
         return len(self.patch_size)
+
+    @property
+    def is_roi(self) -> bool:
+        """Stage 2 of the two-stage model: predicts inside the previous stage's foreground box."""
+        return self.roi_margin_mm is not None
+
+    @property
+    def is_cascade(self) -> bool:
+        """nnU-Net's cascade: the previous stage's mask is an extra (one-hot) input over the whole image."""
+        return self.previous_stage is not None and not self.is_roi
 
 
 @dataclass

@@ -38,6 +38,14 @@ class CaseProperties:
     spacing_after_resampling: list[float]
     shape_after_resampling: list[int]
     class_locations: dict[str, list[list[int]]] = field(default_factory=dict)
+    roi_box_zyx: list[list[int]] | None = None  # two-stage: this case is the box of a larger input ...
+    roi_full_geometry: Geometry | None = None   # ... whose grid this is (the mask is pasted back there)
+    roi_core_zyx: list[list[int]] | None = None  # training: the un-jittered box in the preprocessed grid
+
+    @property
+    def output_geometry(self) -> Geometry:
+        """The grid a prediction of this case is written on: the whole input (also for a two-stage box)."""
+        return self.roi_full_geometry if self.roi_full_geometry is not None else self.original_geometry
 
 
 def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:

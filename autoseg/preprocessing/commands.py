@@ -10,8 +10,9 @@ from autoseg.preprocessing.plan_and_preprocess import plan_and_preprocess
 
 def configure_plan_and_preprocess(p: argparse.ArgumentParser) -> None:
     add_dataset_argument(p)
-    p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
-                   help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres)")
+    p.add_argument("-c", "--configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres", "3d_roi_fullres"],
+                   help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres 3d_roi_fullres; "
+                        "3d_lowres and 3d_roi_fullres only where they are planned)")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB that sizes patch and batch (default 8)")
     p.add_argument("--target", choices=["gpu", "cpu"], default="gpu",
                    help="gpu: nnU-Net's plans sized to --gpu-memory (default); cpu: sized to ~1 s per training iteration on 2 cores")

@@ -5,7 +5,8 @@ The preprocessed grid is the input cropped to its nonzero box, transposed
 (``Plans.transpose_forward``) and resampled to the plan's spacing. Undoing it for one map:
 resample to the cropped shape (linear in-plane; nearest along a coarse axis when the spacing
 is anisotropic: ``ResamplingSettings.order_seg`` / ``order_seg_z``), transpose back, then paste
-into the original (Z, Y, X) grid at the crop box. Outside the box is ``fill``.
+into the original (Z, Y, X) grid at the crop box. Outside the box is ``fill``. A two-stage case
+(:mod:`autoseg.preprocessing.roi`) is then pasted at its region-of-interest box into the whole input.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ def to_cropped_grid(channel: torch.Tensor, props: CaseProperties, plans: Plans, 
     return np.transpose(out[0], plans.transpose_backward)
 
 
+def input_slices(props: CaseProperties) -> tuple[slice, ...]:
+    """Where the crop box of ``props`` lies in the whole input: its nonzero-crop box, shifted by the
+    two-stage region-of-interest box when the case is one (``props.roi_box_zyx``)."""
+    offset = [a for a, _ in props.roi_box_zyx] if props.roi_box_zyx is not None else [0, 0, 0]
+    return tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, props.bbox_zyx))
+
+
 def paste(cropped: np.ndarray, props: CaseProperties, fill: float, dtype: np.dtype) -> np.ndarray:
-    """Put a crop-box array into a ``fill``-valued array of the original (Z, Y, X) shape."""
-    full = np.full(props.original_geometry.shape_zyx, fill, dtype=dtype)
-    full[tuple(slice(a, b) for a, b in props.bbox_zyx)] = cropped
+    """Put a crop-box array into a ``fill``-valued array of the whole input's (Z, Y, X) shape."""
+    full = np.full(props.output_geometry.shape_zyx, fill, dtype=dtype)
+    full[input_slices(props)] = cropped
     return full
 
 

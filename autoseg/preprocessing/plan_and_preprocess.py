@@ -33,9 +33,10 @@ from autoseg.planners.planner import plan_experiment
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import is_case_done, save_case
 from autoseg.preprocessing.preprocessor import preprocess_case
+from autoseg.preprocessing.roi import preprocess_roi_case
 
 log = logging.getLogger("autoseg")
-DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_roi_fullres")
 DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels")
 MOVE_HINT = "set AUTOSEG_PREPROCESSED to another folder"
 
@@ -60,7 +61,10 @@ def _preprocess_one(job: tuple[CaseFiles, Plans, list[tuple[Path, ConfigurationP
         data, geom = read_case(case.images)
         seg = read_label(case.label)[0][None].astype(np.int8) if case.label else None  # values checked by the fingerprint
         for folder, config in targets:
-            d, s, props = preprocess_case(data, seg, geom, plans, config, case.case_id, seed)
+            if config.is_roi and seg is not None:
+                d, s, props = preprocess_roi_case(data, seg, geom, plans, config, case.case_id, seed)
+            else:
+                d, s, props = preprocess_case(data, seg, geom, plans, config, case.case_id, seed)
             save_case(folder, d, s, props)
     except AutosegError as e:
         return str(e)

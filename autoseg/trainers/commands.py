@@ -51,6 +51,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: auto = on CUDA, and bfloat16 on CPUs with native bf16 (avx512_bf16/amx)")
     p.add_argument("--network", choices=sorted(NETWORKS), default="unet")
     p.add_argument("--loss", default="dice_ce", choices=LOSS_NAMES)
+    p.add_argument("--rare-class-bias", type=float, default=None,
+                   help="share of foreground-centred patches put on the rarest class, e.g. the tumour "
+                        "(default 0.5 for 3d_roi_fullres, else 0: nnU-Net's uniform choice)")
     p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 1e-2 (sgd) / 3e-4 (adam)")
@@ -102,7 +105,7 @@ def training_data(dataset: str | None, configuration: str, seed: int) -> Trainin
         raise AutosegError(f"configuration {configuration!r} is not in {pp / 'plans.json'} (planned: {', '.join(plans.configurations)})")
     config = plans.configurations[configuration]
     folder, in_channels = pp / config.data_identifier, plans.num_input_channels
-    if config.previous_stage:
+    if config.is_cascade:
         from autoseg.trainers.cascade import prepare_cascade_data
         folder = pp / prepare_cascade_data(name, plans, configuration)
         in_channels += plans.num_classes - 1
@@ -135,7 +138,8 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
         optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
-        checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage)
+        checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
+        rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else (0.5 if data.config.is_roi else 0.0))
 
 
 def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:

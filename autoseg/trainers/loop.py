@@ -205,7 +205,8 @@ def make_loaders(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Pa
     per_rank_bs = max(1, cfg.batch_size // ctx.world_size)
     seed = cfg.seed + 7919 * start_epoch  # resumed runs draw fresh patches
     train_factory = functools.partial(PatchSampler, data_folder, train_ids, config.patch_size, per_rank_bs,
-                                      cfg.oversample_foreground, initial_patch_size=aug.initial_patch_size)
+                                      cfg.oversample_foreground, initial_patch_size=aug.initial_patch_size,
+                                      rare_class_bias=cfg.rare_class_bias, roi_jitter=config.is_roi)
     val_factory = functools.partial(PatchSampler, data_folder, val_ids, config.patch_size, per_rank_bs, cfg.oversample_foreground)
     pin = device.type == "cuda"
     train_loader = BackgroundLoader(train_factory, build_train_transforms_from_settings(aug, ds_scales), cfg.num_workers,

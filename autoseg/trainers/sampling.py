@@ -20,7 +20,14 @@ last ``n_forced = B - round(B * (1 - p))`` samples (at least one when ``p > 0``)
 centred on a random stored voxel of a foreground class chosen uniformly among the classes present in
 the case (so a rare tumour class is drawn as often as the liver), then shifted at random so the
 voxel lies anywhere in the central half of the final patch. ``B == 1``: the sample is forced with
-probability ``p``. A case without foreground gives a random crop even when forced.
+probability ``p``. A case without foreground gives a random crop even when forced. With
+``rare_class_bias`` b, a forced sample is centred on the case's rarest present class with
+probability b (else as above): small lesions are found more often.
+
+Two-stage training (``roi_jitter``): a case stored as a box around its foreground records the
+box stage 2 sees at prediction (``roi_core_zyx``); each sample draws a jittered box (every face moved
+by up to the stored reserve) and the patch is zero (image and label) outside it, so the network
+learns boxes a little larger, smaller or shifted, as stage 1 will give them.
 
 Edge case that bites: with ``initial_patch_size`` larger than ``patch_size`` the sampled box may
 extend ``(initial - patch) / 2`` past the image on each side (zero-padded), so that the final
@@ -56,6 +63,7 @@ class PatchBox:
     lower: tuple[int, ...]
     size: tuple[int, ...]
     forced_class: int | None = None
+    keep: tuple[tuple[int, int], ...] | None = None  # two-stage jitter: the visible box in case coordinates
 
 
 def crop_into(src: np.ndarray, lower: tuple[int, ...], size: tuple[int, ...], out: np.ndarray) -> None:
@@ -110,7 +118,8 @@ class PatchSampler:
 
     def __init__(self, folder: Path, case_ids: list[str], patch_size: list[int], batch_size: int,
                  oversample_foreground_percent: float = 0.33, seed: int = 0,
-                 initial_patch_size: list[int] | None = None) -> None:
+                 initial_patch_size: list[int] | None = None, rare_class_bias: float = 0.0,
+                 roi_jitter: bool = False) -> None:
         self.folder = Path(folder)
         if not case_ids:
             raise AutosegError(f"{self.folder}: no training cases given; check the split or re-run preprocessing")
@@ -131,7 +140,9 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self._n_forced = n_forced_per_batch(self.batch_size, self.oversample_foreground_percent)
         self._locations: dict[str, dict[int, np.ndarray]] = {}
+        self._cores: dict[str, list[list[int]] | None] = {}
         self._num_channels: int | None = None
+        self.rare_class_bias, self.roi_jitter = float(rare_class_bias), bool(roi_jitter)
 
     # -- random half ------------------------------------------------------------------------
     def is_forced(self, index_in_batch: int) -> bool:
@@ -149,20 +160,40 @@ class PatchSampler:
         sampled = [1] * n_extra + self.sampled_size
         final = [1] * n_extra + self.patch_size
         ranges = [lower_bound_range(n, s, f) for n, s, f in zip(case_shape, sampled, final)]
-        forced_class = None
+        forced_class, keep = None, self.jittered_box(case_id, case_shape) if self.roi_jitter else None
         if forced:
             locations = self.class_locations(case_id)
             present = sorted(c for c, locs in locations.items() if len(locs))
             if present:
-                forced_class = present[int(self.rng.integers(len(present)))]
+                forced_class = self.choose_class(present, locations)
                 locs = locations[forced_class]
                 voxel = locs[int(self.rng.integers(len(locs)))]
                 # the voxel lands in the central half of the final patch, which sits centred in the box
                 offset = [(s - f) // 2 + int(self.rng.integers(f // 4, f - f // 4)) for s, f in zip(sampled, final)]
                 lower = [int(np.clip(v - o, lb, ub)) for v, o, (lb, ub) in zip(voxel, offset, ranges)]
-                return PatchBox(case_id, tuple(lower), tuple(sampled), forced_class)
+                return PatchBox(case_id, tuple(lower), tuple(sampled), forced_class, keep)
         lower = [int(self.rng.integers(lb, ub + 1)) for lb, ub in ranges]
-        return PatchBox(case_id, tuple(lower), tuple(sampled), forced_class)
+        return PatchBox(case_id, tuple(lower), tuple(sampled), forced_class, keep)
+
+    def choose_class(self, present: list[int], locations: dict[int, np.ndarray]) -> int:
+        """The class a forced sample is centred on: the rarest (fewest stored voxels) with probability
+        ``rare_class_bias``, else uniformly among those present."""
+        if len(present) > 1 and self.rng.random() < self.rare_class_bias:
+            return min(present, key=lambda c: (len(locations[c]), c))
+        return present[int(self.rng.integers(len(present)))]
+
+    def jittered_box(self, case_id: str, case_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
+        """Every face of the case's core box moved by up to its reserve (the stored margin beyond the core)."""
+        core = self.roi_core(case_id)
+        if core is None or len(core) != len(case_shape):
+            return None
+        out = []
+        for (lo, hi), n in zip(core, case_shape):
+            a = int(self.rng.integers(0, 2 * lo + 1)) if lo > 0 else 0
+            r = int(n) - hi
+            b = int(self.rng.integers(hi - r, int(n) + 1)) if r > 0 else int(n)
+            out.append((min(a, lo), max(b, hi)) if b - a < 2 else (a, b))
+        return tuple(out)
 
     # -- deterministic half -----------------------------------------------------------------
     def open_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +216,12 @@ class PatchSampler:
                                "re-run preprocessing")
         return data, seg
 
+    def roi_core(self, case_id: str) -> list[list[int]] | None:
+        """The two-stage core box of a case (``roi_core_zyx`` in its ``.json``), cached; None if absent."""
+        if case_id not in self._cores:
+            self.class_locations(case_id)
+        return self._cores.get(case_id)
+
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
         """Stored foreground voxels per label as int32 (N, n_spatial) (channel index dropped), cached.
 
@@ -197,7 +234,9 @@ class PatchSampler:
         json_path = case_paths(self.folder, case_id)[2]
         try:
             with open(json_path) as f:
-                raw = json.load(f).get("class_locations", {}) or {}
+                meta = json.load(f)
+            raw = meta.get("class_locations", {}) or {}
+            self._cores[case_id] = meta.get("roi_core_zyx")
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise AutosegError(f"{json_path}: unreadable case properties ({e}); re-run preprocessing") from None
         locations = {}
@@ -222,6 +261,11 @@ class PatchSampler:
             data_out, target_out = data_out[:, None], target_out[:, None]
         crop_into(data, box.lower, box.size, data_out)
         crop_into(seg, box.lower, box.size, target_out)
+        if box.keep is not None:  # two-stage jitter: nothing outside the drawn box exists
+            hidden = np.ones(data_out.shape[1:], dtype=bool)
+            hidden[tuple(slice(max(0, a - lo), max(0, b - lo)) for (a, b), lo in zip(box.keep, box.lower))] = False
+            data_out[:, hidden] = 0
+            target_out[:, hidden] = 0
 
     # -- batches ----------------------------------------------------------------------------
     def next_batch(self) -> dict:

@@ -1,0 +1,131 @@
+"""The region of interest of the two-stage (organ -> lesion) model: a box in the input grid.
+
+Stage 1 (a coarse model of all foreground labels together) gives a mask on the input grid; its
+connected components larger than ``MIN_COMPONENT_FRACTION`` of the largest are kept and their
+**union box** is grown by a margin in millimetres per axis (``ceil(margin_mm / spacing)`` voxels,
+clipped to the image). Stage 2 preprocesses and predicts only that box; its mask is pasted back
+into a background volume at the box, so the result lies exactly on the input grid.
+
+Several disjoint organs (two kidneys) get one union box: one network pass over a box holding
+both, which keeps the two-stage path one prediction per case (and is exact, as every box is a
+sub-grid of the input). Training uses the same boxes from the ground truth, with an extra
+``jitter`` margin stored so that the trainer can shift and resize the box per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.io.images import Geometry
+
+MIN_COMPONENT_FRACTION = 0.1
+Box = list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]], half-open, in the input grid
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))  # 26-connected
+    return labelled, int(n)
+
+
+def foreground_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
+    """``mask`` with connected components smaller than ``min_fraction`` of the largest removed."""
+    labelled, n = _components(mask > 0)
+    if n <= 1:
+        return labelled > 0
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max())
+    return np.isin(labelled, keep)
+
+
+def grow_box(box: Box, spacing_zyx: Sequence[float], margin_mm: float, shape_zyx: Sequence[int]) -> Box:
+    """``box`` grown by ``ceil(margin_mm / spacing)`` voxels on every side, clipped to ``shape_zyx``.
+
+    Example: box z [10, 20] at 2.5 mm with a 10 mm margin -> [6, 24]; x [0, 5] at 0.8 mm -> [0, 18].
+    """
+    out = []
+    for (a, b), sp, n in zip(box, spacing_zyx, shape_zyx):
+        m = int(math.ceil(margin_mm / float(sp) - 1e-9)) if margin_mm > 0 else 0
+        out.append([max(0, int(a) - m), min(int(n), int(b) + m)])
+    return out
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """Tightest half-open box around the True voxels of a (Z, Y, X) mask; None when empty."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        nz = np.flatnonzero(mask.any(axis=other))
+        if nz.size == 0:
+            return None
+        box.append([int(nz[0]), int(nz[-1]) + 1])
+    return box
+
+
+def roi_box(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float,
+            min_fraction: float = MIN_COMPONENT_FRACTION) -> tuple[Box | None, int]:
+    """(the union box of the kept components grown by the margin, number of components kept);
+    ``(None, 0)`` when ``mask`` holds no foreground."""
+    kept = foreground_components(mask, min_fraction)
+    box = mask_box(kept)
+    if box is None:
+        return None, 0
+    return grow_box(box, spacing_zyx, margin_mm, mask.shape), _components(kept)[1]
+
+
+def crop_box(arr: np.ndarray, box: Box) -> np.ndarray:
+    """``arr[..., z0:z1, y0:y1, x0:x1]`` (leading channel axes kept)."""
+    return arr[(Ellipsis,) + tuple(slice(a, b) for a, b in box)]
+
+
+def crop_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry, box: Box) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """The box of a case: (C, *box) data, (1, *box) label or None, and the box's own geometry."""
+    return crop_box(data, box), (None if seg is None else crop_box(seg, box)), geometry.cropped(box)
+
+
+def paste_box(cropped: np.ndarray, box: Box, shape_zyx: Sequence[int], fill: float, dtype) -> np.ndarray:
+    """A (..., *box) array put into a ``fill``-valued array of the full (..., Z, Y, X) shape."""
+    full = np.full(tuple(cropped.shape[:-3]) + tuple(int(s) for s in shape_zyx), fill, dtype=dtype)
+    full[(Ellipsis,) + tuple(slice(a, b) for a, b in box)] = cropped
+    return full
+
+
+def training_box(seg: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float, jitter_mm: float) -> tuple[Box, Box]:
+    """(stored box, core box) of a training case from its label (1, Z, Y, X): the core is the
+    foreground box plus the margin (what stage 2 sees at prediction), the stored box adds the
+    jitter reserve. A case without foreground keeps the whole image as both."""
+    shape = seg.shape[-3:]
+    fg = mask_box(seg.reshape(shape) > 0)
+    if fg is None:
+        whole = [[0, int(n)] for n in shape]
+        return whole, whole
+    return grow_box(fg, spacing_zyx, margin_mm + jitter_mm, shape), grow_box(fg, spacing_zyx, margin_mm, shape)
+
+
+def core_in_preprocessed(core: Box, stored: Box, props, transpose_forward: Sequence[int]) -> Box:
+    """The core box in the preprocessed grid of the stored box (transposed, resampled; rounded)."""
+    out = []
+    for ax in transpose_forward:
+        off = stored[ax][0] + props.bbox_zyx[ax][0]
+        scale = props.shape_after_resampling[len(out)] / max(1, props.shape_after_crop_zyx[ax])
+        lo = max(0, round((core[ax][0] - off) * scale))
+        hi = min(props.shape_after_resampling[len(out)], round((core[ax][1] - off) * scale))
+        out.append([int(lo), int(max(hi, lo + 1))])
+    return out
+
+
+def preprocess_roi_case(data: np.ndarray, seg: np.ndarray, geometry: Geometry, plans, config, case_id: str, seed: int = 0):
+    """A training case of the two-stage model: the ground-truth box (+ margin + jitter reserve),
+    preprocessed like any case, with where it lies (``roi_box_zyx``, ``roi_full_geometry``) and the
+    un-jittered box in its preprocessed grid (``roi_core_zyx``) recorded in its properties."""
+    from autoseg.preprocessing.preprocessor import preprocess_case
+    stored, core = training_box(seg, geometry.spacing_zyx, float(config.roi_margin_mm or 0.0), float(config.roi_jitter_mm or 0.0))
+    d, s, g = crop_case(data, seg, geometry, stored)
+    pre, seg_pre, props = preprocess_case(np.ascontiguousarray(d), np.ascontiguousarray(s), g, plans, config, case_id, seed)
+    props.roi_box_zyx, props.roi_full_geometry = stored, geometry
+    props.roi_core_zyx = core_in_preprocessed(core, stored, props, plans.transpose_forward)
+    return pre, seg_pre, props

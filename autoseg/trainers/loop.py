@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from autoseg.errors import AutosegError
 from autoseg.networks.builder import build_network
-from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast
+from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast, enable_cudnn_benchmark, make_grad_scaler
 from autoseg.planners.plans import ConfigurationPlan
 from autoseg.trainers import distributed as dist_utils
 from autoseg.trainers.augmentation import (build_train_transforms_from_settings, build_val_transforms,
@@ -112,8 +112,9 @@ def _to(batch: dict, device: torch.device):
 def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path, out_dir: Path,
                train_ids: list[str], val_ids: list[str], restart: bool = False) -> torch.nn.Module:
     """Train one fold into ``out_dir`` (``checkpoint_final.pth`` at the end); returns the trained network."""
-    ctx = dist_utils.context()
+    ctx = dist_utils.context(cfg.device)
     device = torch.device(cfg.device if cfg.device != "cuda" or ctx.world_size == 1 else f"cuda:{ctx.local_rank}")
+    enable_cudnn_benchmark(device)
     torch.manual_seed(cfg.seed + ctx.rank)
     out_dir.mkdir(parents=True, exist_ok=True)
     topo = config.topology
@@ -124,7 +125,7 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                  cfg.pretrained, len(loaded), len(skipped), ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
     optimizer = make_optimizer(cfg, network.parameters())
     amp_dtype = resolve_amp_dtype(device.type, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    scaler = make_grad_scaler(device.type, amp_dtype)
     n_heads = topo.n_stages - 1 if cfg.deep_supervision else 1
     ds_scales = deep_supervision_scales(topo.strides, n_heads) if cfg.deep_supervision else None
     loss_fn = build_loss(cfg.loss, cfg.num_classes, config.batch_dice, cfg.class_weights, n_heads)
@@ -144,15 +145,18 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
             print(f"resuming fold {cfg.fold} from epoch {start_epoch}")
     elif ctx.is_main and (out_dir / "training_log.txt").exists():
         (out_dir / "training_log.txt").unlink()
+    if not dist_utils.same_on_all_ranks(start_epoch, device):
+        raise AutosegError(f"{latest}: the ranks resume from different epochs (a node does not see rank 0's checkpoint); "
+                           "put AUTOSEG_RESULTS on a filesystem shared by all nodes, or add --restart")
     model = dist_utils.wrap(network, device)
     progress = ProgressLog(out_dir, history)
 
     aug = default_augmentation_settings(config.patch_size)
-    per_rank_bs = max(1, cfg.batch_size // ctx.world_size)
+    per_rank_bs, oversample = dist_utils.rank_batch(cfg.batch_size, cfg.oversample_foreground, ctx.rank, ctx.world_size)
     seed = cfg.seed + 7919 * start_epoch  # resumed runs draw fresh patches
     train_factory = functools.partial(PatchSampler, data_folder, train_ids, config.patch_size, per_rank_bs,
-                                      cfg.oversample_foreground, initial_patch_size=aug.initial_patch_size)
-    val_factory = functools.partial(PatchSampler, data_folder, val_ids, config.patch_size, per_rank_bs, cfg.oversample_foreground)
+                                      oversample, initial_patch_size=aug.initial_patch_size)
+    val_factory = functools.partial(PatchSampler, data_folder, val_ids, config.patch_size, per_rank_bs, oversample)
     train_loader = BackgroundLoader(train_factory, build_train_transforms_from_settings(aug, ds_scales), cfg.num_workers,
                                     seed, rank=ctx.rank, pin_memory=device.type == "cuda")
     val_loader = BackgroundLoader(val_factory, build_val_transforms(ds_scales), max(0, min(1, cfg.num_workers)),

@@ -97,11 +97,13 @@ def run(a: argparse.Namespace) -> int:
         raise AutosegError("--device cuda: no CUDA GPU is visible; use --device cpu")
     conf_dir = paths.results_dataset_dir(name) / a.configuration
     conf_dir.mkdir(parents=True, exist_ok=True)
-    if dist_utils.context().is_main:
+    ctx = dist_utils.context(device)  # under torchrun: backend from --device (nccl for cuda, gloo for cpu)
+    if ctx.is_main:
         for f in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
             if (pp / f).is_file():
                 shutil.copyfile(pp / f, conf_dir / f)
     from autoseg.trainers.loop import train_fold
+    pending: list[tuple[str, list[str]]] = []  # (fold, validation cases) that rank 0 still validates
     for fold in parse_folds(a.folds):
         train_ids, val_ids = fold_cases(splits, fold, cases)
         cfg = TrainingConfig(
@@ -115,12 +117,22 @@ def run(a: argparse.Namespace) -> int:
         out = paths.fold_dir(name, a.configuration, fold)
         out.mkdir(parents=True, exist_ok=True)
         _check_resumable(out, cfg, a.restart)
-        if dist_utils.context().is_main:
+        if ctx.is_main:
             save_json(asdict(cfg), out / "training.json")
             print(f"training {name} {a.configuration} fold {fold}: {len(train_ids)} train / {len(val_ids)} val cases, "
                   f"patch {config.patch_size}, batch {cfg.batch_size}, {cfg.network}, {device}")
         train_fold(cfg, config, data_folder, out, train_ids, val_ids, restart=a.restart)
-        if not a.no_validation and dist_utils.context().is_main:
-            from autoseg.trainers.validation import validate_fold
-            validate_fold(name, a.configuration, fold, val_ids, device, amp=a.amp)
+        if not a.no_validation and ctx.is_main:
+            pending.append((fold, val_ids))
+        if ctx.world_size == 1:
+            _validate(pending, name, a.configuration, device, a.amp)
+    _validate(pending, name, a.configuration, device, a.amp)  # torchrun: after the last fold, no rank waits on it in a collective
     return 0
+
+
+def _validate(pending: list[tuple[str, list[str]]], name: str, configuration: str, device: str, amp: str) -> None:
+    """Predict and evaluate each pending fold's validation cases (rank 0 only), emptying ``pending``."""
+    from autoseg.trainers.validation import validate_fold
+    while pending:
+        fold, val_ids = pending.pop(0)
+        validate_fold(name, configuration, fold, val_ids, device, amp=amp)

@@ -106,7 +106,7 @@ def main() -> int:
         patch = make_model(root / "results", a.tiny_network)
         print(f"input 512 x 512 x {a.slices} written in {time.time() - t0:.0f} s; model patch {patch}", flush=True)
         cmd = [sys.executable, "-m", "autoseg", "predict", "-i", str(root / "in"), "-o", str(root / "out"), "-d", DATASET,
-               "--device", a.device, "--step", str(a.step), "-np", "1"] + (["--no-tta"] if a.no_tta else []) + a.extra
+               "--device", a.device, "--step", str(a.step), "--export-threads", "1"] + (["--no-tta"] if a.no_tta else []) + a.extra
         env = dict(os.environ, AUTOSEG_RESULTS=str(root / "results"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         t1 = time.time()
         rc = subprocess.run(cmd, env=env).returncode

@@ -94,7 +94,7 @@ def predict(b: Bench, tool: str, inp: Path, out: Path, step: float, np_: int, ta
                "-step_size", str(step), "-npp", str(np_), "-nps", str(np_)]
     else:
         cmd = b.autoseg_cmd("predict", "-i", str(inp), "-o", str(out), "-d", "3", "-c", "3d_fullres", "-f", "0",
-                            "--device", "cpu", "--step", str(step), "-np", str(np_), "--no-postprocessing")
+                            "--device", "cpu", "--step", str(step), "--export-threads", str(np_), "--no-postprocessing")
     return b.run(tool, cmd, f"predict_{tag}.txt")
 
 

@@ -269,7 +269,7 @@ def predict_and_evaluate(b: Bench, tool: str, step: float) -> dict:
                "-step_size", str(step), "--disable_tta", "-npp", "1", "-nps", "1"]
     else:
         cmd = b.autoseg_cmd("predict", "-i", str(b.raw / "imagesTs"), "-o", str(out), "-d", "3", "-c", "3d_fullres", "-f", "0",
-                            "--device", "cpu", "--step", str(step), "--no-tta", "--no-postprocessing", "-np", "1", "--overwrite")
+                            "--device", "cpu", "--step", str(step), "--no-tta", "--no-postprocessing", "--export-threads", "1", "--overwrite")
     m = b.run(tool, cmd, f"predict_{out.name}.txt")
     print(f"  {tool:<8} predicted {len(list(out.glob('*.nii.gz')))} test cases in {m.wall_s:.0f} s")
     summary = out / "autoseg_summary.json"

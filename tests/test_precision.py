@@ -48,3 +48,127 @@ def test_bf16_training_keeps_float32_weights(autoseg_env):
     floats = [v for v in ck["network"].values() if v.is_floating_point()]
     assert floats and all(v.dtype is torch.float32 and torch.isfinite(v).all() for v in floats)
     assert (fold / "training.json").read_text().count('"amp": "on"') == 1
+
+
+# -- CUDA choice with the capability queries patched (no GPU needed) -----------------------------
+
+def _fake_gpu(monkeypatch, major: int, bf16_supported: bool, hip: str | None = None) -> None:
+    """A visible GPU of compute capability ``major``.x whose ``is_bf16_supported()`` answers ``bf16_supported``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    monkeypatch.setattr(torch.version, "hip", hip)
+
+
+@pytest.mark.parametrize("major, bf16_supported, hip, expected", [
+    (9, True, None, torch.bfloat16),    # Hopper: native bf16
+    (8, True, None, torch.bfloat16),    # Ampere: native bf16
+    (7, True, None, torch.float16),     # Volta/Turing: newer torch says True (emulated) -> float16 + scaler
+    (6, False, None, torch.float16),    # Pascal on an older torch: no bf16 at all
+    (9, True, "6.0", torch.bfloat16),   # ROCm: bf16 where torch says so
+])
+def test_cuda_amp_dtype_native_bf16_else_float16(monkeypatch, major, bf16_supported, hip, expected):
+    import autoseg.networks.precision as precision
+
+    _fake_gpu(monkeypatch, major, bf16_supported, hip)
+    assert precision.cuda_has_native_bf16() is (expected is torch.bfloat16)
+    assert amp_dtype("cuda", "auto") is expected and amp_dtype("cuda", "on") is expected
+    assert amp_dtype("cuda", "off") is None
+
+
+@pytest.mark.filterwarnings("ignore:.*GradScaler")
+def test_grad_scaler_only_for_cuda_float16(monkeypatch):
+    from autoseg.networks.precision import make_grad_scaler
+
+    assert make_grad_scaler("cuda", torch.bfloat16) is None
+    assert make_grad_scaler("cuda", None) is None
+    assert make_grad_scaler("cpu", torch.float16) is None
+    scaler = make_grad_scaler("cuda", torch.float16)  # a disabled scaler here (no CUDA), a real one on a GPU
+    assert type(scaler) is torch.amp.GradScaler
+    # torch < 2.3 has no torch.amp.GradScaler: the CUDA one is used instead
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    old = make_grad_scaler("cuda", torch.float16)
+    assert isinstance(old, torch.cuda.amp.GradScaler)
+
+
+def test_cudnn_benchmark_switched_on_for_cuda_only(monkeypatch):
+    from autoseg.networks.precision import enable_cudnn_benchmark
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    enable_cudnn_benchmark("cpu")
+    enable_cudnn_benchmark(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    enable_cudnn_benchmark("cuda")
+    assert torch.backends.cudnn.benchmark is True
+
+
+# -- The torch floor (pyproject: torch>=2.1) -----------------------------------------------------
+
+# Names newer than torch 2.1 and the release that added them (as far as known). autoseg may use them only through a
+# guard (getattr with a fallback), never as a plain attribute; the tests above run those guards
+# with the name patched away.
+NEWER_THAN_FLOOR = {
+    "torch.OutOfMemoryError": "2.5",
+    "torch.amp.GradScaler": "2.3",
+    "torch.serialization.add_safe_globals": "2.4",
+    "torch.get_default_device": "2.3",
+    "torch.accelerator": "2.6",
+    "torch.amp.custom_fwd": "2.4",
+    "torch.nn.attention": "2.2",
+    "torch.distributed.device_mesh": "2.2",
+}
+NEWER_KEYWORDS = {("is_bf16_supported", "including_emulation"): "> 2.1", ("init_process_group", "device_id"): "2.3"}
+
+
+def _attribute_chains(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts, cur = [node.attr], node.value
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name):
+                parts.append(cur.id)
+                yield node, ".".join(reversed(parts))
+
+
+def test_torch_floor_is_pyproject_and_no_newer_name_is_used_unguarded():
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    floor = re.search(r'"torch>=([0-9.]+)"', (root / "pyproject.toml").read_text())
+    assert floor and floor.group(1) == "2.1", "update NEWER_THAN_FLOOR when the torch floor moves"
+    offenders = []
+    for path in sorted((root / "autoseg").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node, chain in _attribute_chains(tree):
+            for name, since in NEWER_THAN_FLOOR.items():
+                if chain == name or chain.startswith(name + "."):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {chain} (torch {since})")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                for kw in node.keywords:
+                    if (func, kw.arg) in NEWER_KEYWORDS:
+                        offenders.append(f"{path.relative_to(root)}:{node.lineno} {func}({kw.arg}=) (torch {NEWER_KEYWORDS[func, kw.arg]})")
+    assert not offenders, "names newer than the torch floor, use them through a guard:\n" + "\n".join(offenders)
+
+
+@pytest.mark.filterwarnings("ignore:.*GradScaler")
+def test_code_paths_run_with_the_newer_names_patched_away(monkeypatch):
+    """What the floor version lacks, removed: amp choice, scaler, OOM error type still work."""
+    from autoseg.inference.sliding_window import out_of_memory_error
+    from autoseg.networks.precision import make_grad_scaler
+
+    monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # 2.1's signature: no including_emulation
+    assert out_of_memory_error() is torch.cuda.OutOfMemoryError
+    assert isinstance(make_grad_scaler("cuda", torch.float16), torch.cuda.amp.GradScaler)
+    _fake_gpu(monkeypatch, 7, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert amp_dtype("cuda", "auto") is torch.float16

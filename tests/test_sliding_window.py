@@ -203,3 +203,90 @@ def test_progress_bar_over_windows_only_for_many_windows(capsys):
     assert "sliding window" not in capsys.readouterr().err  # 9 windows: no bar
     predict_sliding_window([net], np.zeros((1, 4, 12, 12), np.float32), 2, fp32_settings([4, 4, 4], mirror=False))
     assert "sliding window:" in capsys.readouterr().err  # 5 x 5 windows: a bar (cleared at the end)
+
+
+# -- GPU out-of-memory fallback (simulated on the CPU) -------------------------------------------
+
+class OomOnCall(nn.Module):
+    """Wraps a network; raises the out-of-memory error on call number ``fail_at`` (1-based) only."""
+
+    def __init__(self, inner: nn.Module, fail_at: int, error: type[Exception]):
+        super().__init__()
+        self.inner, self.fail_at, self.error, self.calls = inner, fail_at, error, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self.inner(x)
+
+
+@pytest.fixture(params=["torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError only (torch < 2.5)"])
+def oom_error(request, monkeypatch):
+    """The error a CUDA allocation raises: on the installed torch, and with ``torch.OutOfMemoryError`` patched away."""
+    if request.param.startswith("torch.cuda"):
+        monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)
+        return torch.cuda.OutOfMemoryError
+    return torch.OutOfMemoryError
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, 1)).eval()
+
+
+def test_oom_fallback_releases_the_failed_attempt_and_matches_a_cpu_run(monkeypatch, caplog, oom_error):
+    import weakref
+
+    import autoseg.inference.sliding_window as sw
+
+    net = _conv_net()
+    data = torch.randn(1, 10, 12, 12).numpy()  # 8 windows
+    settings = fp32_settings(patch_size=[8, 8, 8], step=0.5, mirror=True)
+    direct = predict_sliding_window([net], data, 3, settings)
+
+    # Pretend the device is a GPU: first the accumulator "on the device", then in CPU memory.
+    monkeypatch.setattr(sw, "accumulator_devices", lambda device: [device, torch.device("cpu")])
+    refs: list[weakref.ref] = []
+    alive_at_retry: list[bool] = []
+    real_new = sw.new_accumulator
+
+    def tracked(num_classes, shape, device):
+        if refs:  # the retry: the failed attempt's accumulator must already be freed (on a GPU: before empty_cache)
+            alive_at_retry.append(refs[-1]() is not None)
+        acc = real_new(num_classes, shape, device)
+        refs.append(weakref.ref(acc))
+        return acc
+
+    monkeypatch.setattr(sw, "new_accumulator", tracked)
+    failing = OomOnCall(net, fail_at=5, error=oom_error)  # after several windows were accumulated
+    with caplog.at_level("WARNING"):
+        fallback = predict_sliding_window([failing], data, 3, settings)
+    assert len(refs) == 2 and alive_at_retry == [False]
+    assert "redoing this case with it in CPU memory" in caplog.text
+    assert torch.equal(fallback, direct)
+
+
+def test_oom_on_the_cpu_or_twice_is_a_clear_error(monkeypatch, oom_error):
+    import autoseg.inference.sliding_window as sw
+
+    net, data = _conv_net(), torch.randn(1, 8, 8, 8).numpy()
+    settings = fp32_settings(patch_size=[8, 8, 8], mirror=False)
+    with pytest.raises(AutosegError, match="out of memory while predicting on the CPU"):
+        predict_sliding_window([OomOnCall(net, 1, oom_error)], data, 3, settings)
+
+    class AlwaysOom(nn.Module):
+        def forward(self, x):
+            raise oom_error("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sw, "accumulator_devices", lambda device: [device, torch.device("cpu")])
+    with pytest.raises(AutosegError, match="GPU out of memory even for one patch"):
+        predict_sliding_window([AlwaysOom()], data, 3, settings)
+    other = RuntimeError("not a memory problem")
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise other
+
+    with pytest.raises(RuntimeError, match="not a memory problem"):  # other errors are not retried
+        predict_sliding_window([Broken()], data, 3, settings)

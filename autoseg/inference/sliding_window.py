@@ -21,7 +21,11 @@ Method (nnU-Net v2's, restated):
   with the given weights (normalised to sum 1), the seed reports' weighted ensemble.
 * Accumulator: preallocated on the device; float32, or float16 when a float32 accumulator
   would exceed :data:`HALF_ACCUMULATOR_ABOVE_BYTES` (2 GiB). If the GPU runs out of memory
-  the whole case is redone with the accumulator in CPU memory.
+  the whole case is redone with the accumulator in CPU memory (the network stays on the GPU).
+  The retry starts only after the failed attempt's exception, and with it every tensor its
+  frames held (accumulator, window batch, logits), is gone and the CUDA cache is emptied;
+  retrying inside the ``except`` block would keep them all alive through the traceback.
+* On CUDA, cuDNN's autotuner is switched on (every window has the same shape).
 
 The edge case that bites: a window's Gaussian has tiny but nonzero weights at its border;
 clipping zeros keeps the weight sum positive everywhere, so no voxel is divided by 0.
@@ -29,6 +33,7 @@ clipping zeros keeps the weight sum positive everywhere, so no voxel is divided 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import math
@@ -41,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.networks.precision import amp_dtype, autocast
+from autoseg.networks.precision import amp_dtype, autocast, enable_cudnn_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,22 @@ def window_grid(shape: Sequence[int], patch: Sequence[int], step: float) -> tupl
 def mirror_combinations(dim: int) -> list[tuple[int, ...]]:
     """All subsets of the ``dim`` spatial axes (0-based), identity first: 2^dim entries."""
     return [c for r in range(dim + 1) for c in itertools.combinations(range(dim), r)]
+
+
+def out_of_memory_error() -> type[Exception]:
+    """``torch.OutOfMemoryError`` (torch 2.5+), else ``torch.cuda.OutOfMemoryError`` (the same class where both exist)."""
+    err = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return err if err is not None else RuntimeError  # type: ignore[return-value]
+
+
+def accumulator_devices(device: torch.device) -> list[torch.device]:
+    """Where the accumulator is tried, in order: on the device, then (after running out of memory) in CPU memory."""
+    return [device] if device.type == "cpu" else [device, torch.device("cpu")]
+
+
+def new_accumulator(num_classes: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Zeroed (K, *shape) accumulator in :func:`accumulator_dtype` on ``device``."""
+    return torch.zeros([num_classes] + list(shape), dtype=accumulator_dtype(num_classes, shape), device=device)
 
 
 def accumulator_dtype(num_classes: int, shape: Sequence[int]) -> torch.dtype:
@@ -224,7 +245,7 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
     blend = _BlendWeights(shape, window, starts, results_device)
     flips = mirror_combinations(len(s.patch_size)) if s.mirror else [()]
     net_w = _ensemble_weights(s, len(networks))
-    acc = torch.zeros([num_classes] + shape, dtype=accumulator_dtype(num_classes, shape), device=results_device)
+    acc = new_accumulator(num_classes, shape, results_device)
     if hook is not None:
         hook.begin(shape, valid, len(networks) * len(flips), results_device, acc.dtype)
     bar = tqdm(total=len(windows), desc="sliding window", unit="window", leave=False, disable=len(windows) < MIN_WINDOWS_FOR_BAR)
@@ -303,18 +324,26 @@ def predict_sliding_window(networks: Sequence[nn.Module], data: np.ndarray | tor
         net.eval()
         if hasattr(net, "deep_supervision"):
             net.deep_supervision = False
+    enable_cudnn_benchmark(device)
+    oom = out_of_memory_error()
+    targets = accumulator_devices(device)
+    acc = None
     try:
-        try:
-            acc = _run(networks, data_t, num_classes, settings, device, hook, valid)
-        except torch.OutOfMemoryError:
-            if device.type == "cpu":
-                raise AutosegError("out of memory while predicting on the CPU; free memory or predict a smaller image") from None
-            log.warning("GPU out of memory for the prediction accumulator; redoing this case with it in CPU memory")
-            torch.cuda.empty_cache()
+        for i, results_device in enumerate(targets):
+            if i:
+                log.warning("GPU out of memory for the prediction accumulator; redoing this case with it in CPU memory")
+                gc.collect()  # in case a reference cycle still holds the failed attempt's tensors
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             try:
-                acc = _run(networks, data_t, num_classes, settings, torch.device("cpu"), hook, valid)
-            except torch.OutOfMemoryError:
-                raise AutosegError("GPU out of memory even for one patch; use --device cpu or a smaller model") from None
+                acc = _run(networks, data_t, num_classes, settings, results_device, hook, valid)
+                break
+            except oom:
+                pass  # leave the except block first: the exception's frames hold the failed attempt's tensors
+        if acc is None:
+            if len(targets) == 1:
+                raise AutosegError("out of memory while predicting on the CPU; free memory or predict a smaller image")
+            raise AutosegError("GPU out of memory even for one patch; use --device cpu or a smaller model")
     finally:
         for net, (training, ds) in zip(networks, saved):
             net.train(training)

@@ -155,9 +155,11 @@ def run_train(a: argparse.Namespace, after_fold: AfterFold | None = None) -> int
     """Train the requested folds in turn; ``after_fold`` (fold validation) runs on the main rank after each."""
     data = training_data(a.dataset, a.configuration, a.seed)
     device = resolve_device(a.device)
-    main_rank = dist_utils.context().is_main
+    ctx = dist_utils.context(device)  # under torchrun: backend from --device (nccl for cuda, gloo for cpu)
+    main_rank = ctx.is_main
     if main_rank:
         _copy_plan_artefacts(data, a.configuration)
+    pending: list[tuple[str, list[str]]] = []  # folds whose validation rank 0 still runs
     from autoseg.trainers.loop import train_fold
     for fold in parse_folds(a.folds):
         train_ids, val_ids = fold_cases(data.splits, fold, data.cases)
@@ -170,5 +172,17 @@ def run_train(a: argparse.Namespace, after_fold: AfterFold | None = None) -> int
                   f"patch {data.config.patch_size}, batch {cfg.batch_size}, {cfg.network}, {device}")
         train_fold(cfg, data.config, data.folder, out, train_ids, val_ids, restart=a.restart)
         if after_fold is not None and main_rank:
-            after_fold(data.dataset, a.configuration, fold, val_ids, device, a.amp)
+            pending.append((fold, val_ids))
+        if ctx.world_size == 1:
+            _run_pending(pending, after_fold, data.dataset, a.configuration, device, a.amp)
+    # torchrun: rank 0 validates after the last fold, so no rank waits on it inside a collective
+    _run_pending(pending, after_fold, data.dataset, a.configuration, device, a.amp)
     return 0
+
+
+def _run_pending(pending: list[tuple[str, list[str]]], after_fold: AfterFold | None, dataset: str, configuration: str,
+                 device: str, amp: str) -> None:
+    """Run ``after_fold`` (fold validation) for each pending fold, emptying ``pending``."""
+    while pending and after_fold is not None:
+        fold, val_ids = pending.pop(0)
+        after_fold(dataset, configuration, fold, val_ids, device, amp)

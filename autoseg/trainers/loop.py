@@ -31,7 +31,7 @@ from autoseg.io.json_io import save_json
 from autoseg.model.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint, strip_module_prefix
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
-from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast
+from autoseg.networks.precision import amp_dtype as resolve_amp_dtype, autocast, enable_cudnn_benchmark, make_grad_scaler
 from autoseg.overlap import dice_from_counts
 from autoseg.planners.plans import ConfigurationPlan
 from autoseg.trainers import budget as budget_rules
@@ -150,8 +150,9 @@ class TrainState:
 
 def build_state(cfg: TrainingConfig, config: ConfigurationPlan, out_dir: Path) -> TrainState:
     """Network (with pretrained weights), optimiser, grad scaler, loss and AMP choice on the fold's device."""
-    ctx = dist_utils.context()
+    ctx = dist_utils.context(cfg.device)
     device = torch.device(cfg.device if cfg.device != "cuda" or ctx.world_size == 1 else f"cuda:{ctx.local_rank}")
+    enable_cudnn_benchmark(device)
     torch.manual_seed(cfg.seed + ctx.rank)
     topo = config.topology
     network = build_network(cfg.network, topo, cfg.num_input_channels, cfg.num_classes, deep_supervision=cfg.deep_supervision).to(device)
@@ -161,7 +162,7 @@ def build_state(cfg: TrainingConfig, config: ConfigurationPlan, out_dir: Path) -
                  cfg.pretrained, len(loaded), len(skipped), ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
     optimizer = make_optimizer(cfg, network.parameters())
     amp_dtype = resolve_amp_dtype(device.type, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    scaler = make_grad_scaler(device.type, amp_dtype)
     n_heads = topo.n_stages - 1 if cfg.deep_supervision else 1
     loss_fn = build_loss(cfg.loss, cfg.num_classes, config.batch_dice, cfg.class_weights, n_heads)
     return TrainState(cfg, network, network, optimizer, scaler, loss_fn, amp_dtype, device, out_dir, ProgressLog(out_dir))
@@ -202,12 +203,12 @@ def make_loaders(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Pa
     topo = config.topology
     ds_scales = deep_supervision_scales(topo.strides, topo.n_stages - 1) if cfg.deep_supervision else None
     aug = default_augmentation_settings(config.patch_size)
-    per_rank_bs = max(1, cfg.batch_size // ctx.world_size)
+    per_rank_bs, oversample = dist_utils.rank_batch(cfg.batch_size, cfg.oversample_foreground, ctx.rank, ctx.world_size)
     seed = cfg.seed + 7919 * start_epoch  # resumed runs draw fresh patches
     train_factory = functools.partial(PatchSampler, data_folder, train_ids, config.patch_size, per_rank_bs,
-                                      cfg.oversample_foreground, initial_patch_size=aug.initial_patch_size,
+                                      oversample, initial_patch_size=aug.initial_patch_size,
                                       rare_class_bias=cfg.rare_class_bias, roi_jitter=config.is_roi)
-    val_factory = functools.partial(PatchSampler, data_folder, val_ids, config.patch_size, per_rank_bs, cfg.oversample_foreground)
+    val_factory = functools.partial(PatchSampler, data_folder, val_ids, config.patch_size, per_rank_bs, oversample)
     pin = device.type == "cuda"
     train_loader = BackgroundLoader(train_factory, build_train_transforms_from_settings(aug, ds_scales), cfg.num_workers,
                                     seed, rank=ctx.rank, pin_memory=pin)
@@ -346,6 +347,9 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     state = build_state(cfg, config, out_dir)
     resume(state, restart)
+    if not dist_utils.same_on_all_ranks(state.start_epoch, state.device):
+        raise AutosegError(f"{out_dir / LATEST}: the ranks resume from different epochs (a node does not see rank 0's checkpoint); "
+                           "put AUTOSEG_RESULTS on a filesystem shared by all nodes, or add --restart")
     state.model = dist_utils.wrap(state.network, state.device)
     loaders = make_loaders(cfg, config, data_folder, train_ids, val_ids, state.start_epoch, state.device)
     done, epoch_times = state.start_epoch, []

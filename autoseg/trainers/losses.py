@@ -6,6 +6,11 @@ Every loss takes ``logits`` (B, K, *spatial) float and ``target`` (B, 1, *spatia
 ``ignore_index`` as -1 (the case store's "outside the nonzero mask" value) or any value >= K.
 A batch in which every voxel is ignored gives a loss of 0 (with a gradient graph).
 
+Batch Dice under DDP: with ``batch_dice`` the soft counts are summed over the batch *and over all
+ranks* (a differentiable all_gather, as nnU-Net does), so a plan batch of 2 split as 1 per GPU
+over 2 GPUs trains the same Dice as batch 2 on one GPU, not per-sample Dice. :func:`build_loss`
+turns this on when a process group of more than one process is running.
+
 Sign convention: Dice losses return ``1 - dice`` (0 for a perfect prediction), where nnU-Net
 returns ``-dice``; the gradients are identical, only the logged value is shifted by one.
 
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.errors import AutosegError
+from autoseg.trainers.distributed import all_gather_with_grad, is_distributed
 
 
 def _prepare(
@@ -55,36 +61,65 @@ def _sum_axes(x: torch.Tensor, batch: bool) -> list[int]:
     return ([0] if batch else []) + list(range(2, x.ndim))
 
 
+def _soft_counts(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, batch: bool, ddp: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft TP, sum of probabilities and sum of the one-hot target per class; 2TP + FP + FN = sum_p + sum_y.
+
+    Softmax probabilities against the one-hot target, ignored voxels zero in both. Shapes (B, K),
+    or (K,) when summed over the ``batch`` too; with ``batch`` and ``ddp`` also summed over every
+    rank of the process group (differentiable, see :func:`autoseg.trainers.distributed.all_gather_with_grad`).
+    """
+    t, valid = _prepare(logits, target, ignore_index)
+    p = torch.softmax(logits, 1)
+    if valid is not None:
+        p = p * valid.unsqueeze(1).to(p.dtype)
+    y = _one_hot(t, logits.shape[1], valid, p.dtype)
+    axes = _sum_axes(p, batch)
+    counts = torch.stack([(p * y).sum(axes), p.sum(axes), y.sum(axes)])
+    if batch and ddp:
+        counts = all_gather_with_grad(counts).sum(0)
+    return counts[0], counts[1], counts[2]
+
+
 def _check_ignore_index(ignore_index: int | None, num_classes: int | None = None) -> None:
     if ignore_index is not None and num_classes is not None and 0 <= ignore_index < num_classes:
         raise AutosegError(f"ignore_index {ignore_index} is a real class (0..{num_classes - 1}); use -1 or >= {num_classes}")
 
 
-class SoftDiceLoss(nn.Module):
+class _DiceBase(nn.Module):
+    """The Dice losses' settings and their soft counts (foreground classes only unless ``do_bg``)."""
+
+    def __init__(self, batch_dice: bool, do_bg: bool, smooth: float, ignore_index: int | None, ddp: bool):
+        super().__init__()
+        self.batch_dice, self.do_bg, self.smooth, self.ignore_index = batch_dice, do_bg, smooth, ignore_index
+        self.ddp = ddp
+
+    def counts(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tp, sum_p, sum_y: (B, K') or (K',) (see :func:`_soft_counts`)."""
+        tp, sum_p, sum_y = _soft_counts(logits, target, self.ignore_index, self.batch_dice, self.ddp)
+        if not self.do_bg:
+            tp, sum_p, sum_y = tp[..., 1:], sum_p[..., 1:], sum_y[..., 1:]
+        return tp, sum_p, sum_y
+
+
+class SoftDiceLoss(_DiceBase):
     """``1 - mean_k (2 TP_k + smooth) / (2 TP_k + FP_k + FN_k + smooth)`` on softmax probabilities.
 
     TP/FP/FN are soft (sums of p, 1 - p against the one-hot target) over the spatial axes, and
-    over the batch axis too when ``batch_dice`` (nnU-Net's choice for 3d_fullres). The mean is
+    over the batch axis too when ``batch_dice`` (nnU-Net's choice for 3d_fullres; with ``ddp``,
+    over the whole batch of all ranks). The mean is
     over foreground classes only unless ``do_bg``. Edge case: a class absent from the reference
     (in a sample, without batch dice) scores ~0 unless its predicted probability mass is ~0.
     """
 
-    def __init__(self, batch_dice: bool, do_bg: bool = False, smooth: float = 1e-5, ignore_index: int | None = None):
-        super().__init__()
-        self.batch_dice, self.do_bg, self.smooth, self.ignore_index = batch_dice, do_bg, smooth, ignore_index
+    def __init__(self, batch_dice: bool, do_bg: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
+                 ddp: bool = False):
+        super().__init__(batch_dice, do_bg, smooth, ignore_index, ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t, valid = _prepare(logits, target, self.ignore_index)
-        p = torch.softmax(logits, 1)
-        if valid is not None:
-            p = p * valid.unsqueeze(1).to(p.dtype)
-        y = _one_hot(t, logits.shape[1], valid, p.dtype)
-        axes = _sum_axes(p, self.batch_dice)
-        tp = (p * y).sum(axes)
-        sum_p, sum_y = p.sum(axes), y.sum(axes)  # 2TP + FP + FN = sum_p + sum_y
+        tp, sum_p, sum_y = self.counts(logits, target)
         dc = (2 * tp + self.smooth) / (sum_p + sum_y + self.smooth).clamp_min(1e-8)
-        if not self.do_bg:
-            dc = dc[..., 1:]
         return 1 - dc.mean()
 
 
@@ -122,9 +157,10 @@ class DiceCELoss(nn.Module):
         class_weights: Sequence[float] | None = None,
         weight_dice: float = 1.0,
         weight_ce: float = 1.0,
+        ddp: bool = False,
     ):
         super().__init__()
-        self.dice = SoftDiceLoss(batch_dice, do_bg=False, smooth=smooth, ignore_index=ignore_index)
+        self.dice = SoftDiceLoss(batch_dice, do_bg=False, smooth=smooth, ignore_index=ignore_index, ddp=ddp)
         self.ignore_index, self.class_weights = ignore_index, class_weights
         self.weight_dice, self.weight_ce = weight_dice, weight_ce
 
@@ -134,30 +170,23 @@ class DiceCELoss(nn.Module):
         return self.weight_dice * self.dice(logits, target) + self.weight_ce * ce
 
 
-class GeneralizedDiceLoss(nn.Module):
+class GeneralizedDiceLoss(_DiceBase):
     """Sudre et al. 2017: ``1 - (2 sum_k w_k TP_k + s) / (sum_k w_k (sum_p_k + sum_y_k) + s)``.
 
     ``w_k = 1 / (sum_y_k)^2``, normalised to sum 1 over classes (scale-free, so the small ``smooth``
     stays negligible even when 1/N^2 is ~1e-12). Edge case: a class absent from the reference
     would get an infinite weight; it gets the largest finite weight instead (as MONAI does),
     so predicting it is still penalised without swamping the others. Sums are per sample (then
-    averaged) unless ``batch_dice``; background is included unless ``do_bg=False``.
+    averaged) unless ``batch_dice`` (with ``ddp``: over all ranks' batches); background is
+    included unless ``do_bg=False``.
     """
 
-    def __init__(self, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-5, ignore_index: int | None = None):
-        super().__init__()
-        self.batch_dice, self.do_bg, self.smooth, self.ignore_index = batch_dice, do_bg, smooth, ignore_index
+    def __init__(self, batch_dice: bool = False, do_bg: bool = True, smooth: float = 1e-5, ignore_index: int | None = None,
+                 ddp: bool = False):
+        super().__init__(batch_dice, do_bg, smooth, ignore_index, ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t, valid = _prepare(logits, target, self.ignore_index)
-        p = torch.softmax(logits, 1)
-        if valid is not None:
-            p = p * valid.unsqueeze(1).to(p.dtype)
-        y = _one_hot(t, logits.shape[1], valid, p.dtype)
-        if not self.do_bg:
-            p, y = p[:, 1:], y[:, 1:]
-        axes = _sum_axes(p, self.batch_dice)
-        tp, sum_p, sum_y = (p * y).sum(axes), p.sum(axes), y.sum(axes)  # (B, K') or (K',)
+        tp, sum_p, sum_y = self.counts(logits, target)  # (B, K') or (K',)
         w = 1.0 / sum_y.detach() ** 2
         finite = torch.isfinite(w)
         w = torch.where(finite, w, torch.zeros_like(w))
@@ -209,9 +238,10 @@ class GDLFocalLoss(nn.Module):
         lambda_focal: float = 1.0,
         batch_dice: bool = False,
         ignore_index: int | None = None,
+        ddp: bool = False,
     ):
         super().__init__()
-        self.gdl = GeneralizedDiceLoss(batch_dice=batch_dice, ignore_index=ignore_index)
+        self.gdl = GeneralizedDiceLoss(batch_dice=batch_dice, ignore_index=ignore_index, ddp=ddp)
         self.focal = FocalLoss(gamma=gamma, alpha=class_weights, ignore_index=ignore_index)
         self.lambda_gdl, self.lambda_focal = lambda_gdl, lambda_focal
 
@@ -306,12 +336,15 @@ def build_loss(
     class_weights: list[float] | None = None,
     n_ds_outputs: int = 1,
     ignore_index: int | None = None,
+    ddp: bool | None = None,
 ) -> DeepSupervisionLoss:
     """Loss ``name`` wrapped in :class:`DeepSupervisionLoss` (so it takes a tensor or a list of outputs).
 
     ``class_weights`` (background first, ``num_classes`` entries) are the CE weights for ``dice_ce``,
     alpha for ``focal`` and ``gdl_focal``; other losses reject them rather than ignore them.
     ``n_ds_outputs``: the network's number of outputs (``n_stages - 1`` with deep supervision, else 1).
+    ``ddp``: gather batch-Dice counts over all ranks; None (default) = whenever a process group of
+    more than one process is running now (every rank must then compute the loss equally often).
     """
     if name not in LOSS_NAMES:
         raise AutosegError(f"unknown loss {name!r}: choose one of {', '.join(LOSS_NAMES)}")
@@ -323,16 +356,17 @@ def build_loss(
                 f"class weights {class_weights} need {num_classes} entries (one per label, background first)"
             )
     _check_ignore_index(ignore_index, num_classes)
+    ddp = is_distributed() if ddp is None else ddp
     if name == "dice_ce":
-        loss: nn.Module = DiceCELoss(batch_dice, ignore_index=ignore_index, class_weights=class_weights)
+        loss: nn.Module = DiceCELoss(batch_dice, ignore_index=ignore_index, class_weights=class_weights, ddp=ddp)
     elif name == "soft_dice":
-        loss = SoftDiceLoss(batch_dice, ignore_index=ignore_index)
+        loss = SoftDiceLoss(batch_dice, ignore_index=ignore_index, ddp=ddp)
     elif name == "gdl":
-        loss = GeneralizedDiceLoss(batch_dice, ignore_index=ignore_index)
+        loss = GeneralizedDiceLoss(batch_dice, ignore_index=ignore_index, ddp=ddp)
     elif name == "focal":
         loss = FocalLoss(alpha=class_weights, ignore_index=ignore_index)
     elif name == "gdl_focal":
-        loss = GDLFocalLoss(class_weights, batch_dice=batch_dice, ignore_index=ignore_index)
+        loss = GDLFocalLoss(class_weights, batch_dice=batch_dice, ignore_index=ignore_index, ddp=ddp)
     else:
         loss = BalancedCELoss(ignore_index=ignore_index)
     return DeepSupervisionLoss(loss, n_ds_outputs)

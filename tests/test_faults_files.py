@@ -7,6 +7,7 @@ a wrong ``numTraining`` and ITK's probe warnings (issue 16).
 from __future__ import annotations
 
 import gzip
+import locale
 import logging
 import os
 import struct
@@ -143,21 +144,29 @@ def test_vector_image_is_refused_unless_its_components_are_equal(tmp_path):
 
 
 def write_dicom_series(folder, uid: str, description: str, arr: np.ndarray, spacing=(0.8, 0.8, 2.5), prefix="s") -> None:
-    """A tiny CT series (one file per z-slice of ``arr`` (Z, Y, X)) written with SimpleITK."""
+    """A tiny CT series (one file per z-slice of ``arr`` (Z, Y, X)) written with SimpleITK.
+
+    GDCM's writer switches the process to the C locale (then ``open()`` defaults to ASCII in
+    later tests); the locale is restored afterwards.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(arr.astype(np.int16))
     img.SetSpacing(spacing)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for z in range(img.GetDepth()):
-        s = img[:, :, z]
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": uid, "0008|103e": description,
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{z * spacing[2]}", "0020|0013": str(z + 1),
-                "0008|0018": f"{uid}.{z + 1}"}
-        for k, v in tags.items():
-            s.SetMetaData(k, v)
-        writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
-        writer.Execute(s)
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        for z in range(img.GetDepth()):
+            s = img[:, :, z]
+            tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": uid,
+                    "0008|103e": description, "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{z * spacing[2]}",
+                    "0020|0013": str(z + 1), "0008|0018": f"{uid}.{z + 1}"}
+            for k, v in tags.items():
+                s.SetMetaData(k, v)
+            writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
+            writer.Execute(s)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def test_dicom_folder_with_two_series_gives_one_mask_per_series(autoseg_env, tmp_path, capsys):

@@ -193,6 +193,21 @@ def test_series_without_distinct_descriptions_are_named_by_uid(tmp_path):
     assert [(c.case_id, c.output_name) for c in cases] == [("s_1.2.3.1", "s_1.2.3.1.nii.gz"), ("s_1.2.3.2", "s_1.2.3.2.nii.gz")]
 
 
+def test_symlink_loop_and_broken_link_are_named_as_such(tmp_path):
+    write_image(np.zeros((3, 4, 5), np.float32), Geometry([3, 4, 5], [1.0, 1.0, 1.0]), tmp_path / "a.nii.gz")
+    (tmp_path / "loop_0000.nii.gz").symlink_to("loop_0000.nii.gz")
+    (tmp_path / "gone_0000.nii.gz").symlink_to(tmp_path / "elsewhere" / "gone.nii.gz")
+    with pytest.raises(AutosegError, match="loop_0000.nii.gz: symbolic link loop"):
+        read_image(tmp_path / "loop_0000.nii.gz")
+    with pytest.raises(AutosegError, match="gone_0000.nii.gz: broken symbolic link \\(points to .*elsewhere/gone.nii.gz"):
+        read_image(tmp_path / "gone_0000.nii.gz")
+    with pytest.raises(AutosegError, match="missing.nii.gz: file not found"):
+        read_image(tmp_path / "missing.nii.gz")
+    cases, problems = discover_cases(tmp_path, 1)  # predict reports both links instead of skipping them
+    assert [c.case_id for c in cases] == ["a"]
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in sorted(problems)] == ["broken symbolic link", "symbolic link loop"]
+
+
 def test_no_itk_warning_when_probing_a_folder_with_a_non_image_file(tmp_path, capfd):
     write_image(np.zeros((3, 4, 5), np.float32), Geometry([3, 4, 5], [1.0, 1.0, 1.0]), tmp_path / "a_0000.nii.gz")
     (tmp_path / "notes.txt").write_text("not an image")

@@ -58,6 +58,16 @@ def test_truncated_image_is_refused_naming_the_file(tmp_path, name, compress, ke
     assert "\n" not in str(e.value) and "copy the file again" in str(e.value)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_truncated_data_file_of_an_mhd_is_refused(tmp_path, compress):
+    sitk.WriteImage(sitk.GetImageFromArray(_noise()), str(tmp_path / "a.mhd"), useCompression=compress)
+    data = next(p for p in tmp_path.iterdir() if p.suffix in (".raw", ".zraw"))
+    read_image(tmp_path / "a.mhd")
+    _truncate(data)
+    with pytest.raises(AutosegError, match=f"{data.name}: file is truncated .* for a.mhd"):
+        read_image(tmp_path / "a.mhd")
+
+
 def test_nifti_size_comes_from_the_header_on_disk(tmp_path):
     arr = _noise((3, 4, 5))
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "a.nii"))

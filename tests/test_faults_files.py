@@ -7,6 +7,7 @@ a wrong ``numTraining`` and ITK's probe warnings (issue 16).
 from __future__ import annotations
 
 import gzip
+import locale
 import logging
 import os
 import struct
@@ -55,6 +56,16 @@ def test_truncated_image_is_refused_naming_the_file(tmp_path, name, compress, ke
     with pytest.raises(AutosegError, match=f"{name}: file is truncated") as e:
         read_image(path)
     assert "\n" not in str(e.value) and "copy the file again" in str(e.value)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_truncated_data_file_of_an_mhd_is_refused(tmp_path, compress):
+    sitk.WriteImage(sitk.GetImageFromArray(_noise()), str(tmp_path / "a.mhd"), useCompression=compress)
+    data = next(p for p in tmp_path.iterdir() if p.suffix in (".raw", ".zraw"))
+    read_image(tmp_path / "a.mhd")
+    _truncate(data)
+    with pytest.raises(AutosegError, match=f"{data.name}: file is truncated .* for a.mhd"):
+        read_image(tmp_path / "a.mhd")
 
 
 def test_nifti_size_comes_from_the_header_on_disk(tmp_path):
@@ -143,21 +154,29 @@ def test_vector_image_is_refused_unless_its_components_are_equal(tmp_path):
 
 
 def write_dicom_series(folder, uid: str, description: str, arr: np.ndarray, spacing=(0.8, 0.8, 2.5), prefix="s") -> None:
-    """A tiny CT series (one file per z-slice of ``arr`` (Z, Y, X)) written with SimpleITK."""
+    """A tiny CT series (one file per z-slice of ``arr`` (Z, Y, X)) written with SimpleITK.
+
+    GDCM's writer switches the process to the C locale (then ``open()`` defaults to ASCII in
+    later tests); the locale is restored afterwards.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(arr.astype(np.int16))
     img.SetSpacing(spacing)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for z in range(img.GetDepth()):
-        s = img[:, :, z]
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": uid, "0008|103e": description,
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{z * spacing[2]}", "0020|0013": str(z + 1),
-                "0008|0018": f"{uid}.{z + 1}"}
-        for k, v in tags.items():
-            s.SetMetaData(k, v)
-        writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
-        writer.Execute(s)
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        for z in range(img.GetDepth()):
+            s = img[:, :, z]
+            tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": uid,
+                    "0008|103e": description, "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{z * spacing[2]}",
+                    "0020|0013": str(z + 1), "0008|0018": f"{uid}.{z + 1}"}
+            for k, v in tags.items():
+                s.SetMetaData(k, v)
+            writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
+            writer.Execute(s)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def test_dicom_folder_with_two_series_gives_one_mask_per_series(autoseg_env, tmp_path, capsys):
@@ -182,6 +201,21 @@ def test_series_without_distinct_descriptions_are_named_by_uid(tmp_path):
     write_dicom_series(tmp_path / "s", "1.2.3.2", "same", np.zeros((3, 4, 4)), prefix="b")
     cases, _ = discover_cases(tmp_path / "s", 1)
     assert [(c.case_id, c.output_name) for c in cases] == [("s_1.2.3.1", "s_1.2.3.1.nii.gz"), ("s_1.2.3.2", "s_1.2.3.2.nii.gz")]
+
+
+def test_symlink_loop_and_broken_link_are_named_as_such(tmp_path):
+    write_image(np.zeros((3, 4, 5), np.float32), Geometry([3, 4, 5], [1.0, 1.0, 1.0]), tmp_path / "a.nii.gz")
+    (tmp_path / "loop_0000.nii.gz").symlink_to("loop_0000.nii.gz")
+    (tmp_path / "gone_0000.nii.gz").symlink_to(tmp_path / "elsewhere" / "gone.nii.gz")
+    with pytest.raises(AutosegError, match="loop_0000.nii.gz: symbolic link loop"):
+        read_image(tmp_path / "loop_0000.nii.gz")
+    with pytest.raises(AutosegError, match="gone_0000.nii.gz: broken symbolic link \\(points to .*elsewhere/gone.nii.gz"):
+        read_image(tmp_path / "gone_0000.nii.gz")
+    with pytest.raises(AutosegError, match="missing.nii.gz: file not found"):
+        read_image(tmp_path / "missing.nii.gz")
+    cases, problems = discover_cases(tmp_path, 1)  # predict reports both links instead of skipping them
+    assert [c.case_id for c in cases] == ["a"]
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in sorted(problems)] == ["broken symbolic link", "symbolic link loop"]
 
 
 def test_no_itk_warning_when_probing_a_folder_with_a_non_image_file(tmp_path, capfd):

@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.io.dicom import series_in, series_names
-from autoseg.io.images import Geometry, image_suffix, read_case
+from autoseg.io.images import Geometry, image_suffix, missing_reason, read_case
 
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
 OUTPUT_SUFFIX = {".mhd": ".mha", ".nhdr": ".nrrd"}
@@ -102,6 +102,8 @@ def discover_cases(path: Path | str, num_channels: int) -> tuple[list[InputCase]
     Raises AutosegError when ``path`` does not exist or holds nothing to predict.
     """
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise AutosegError(f"{path}: {missing_reason(path)}")
     if not path.exists():
         raise AutosegError(f"{path}: input not found; pass an image file, a folder of images or a DICOM folder")
     if path.is_file():
@@ -118,6 +120,8 @@ def discover_cases(path: Path | str, num_channels: int) -> tuple[list[InputCase]
     images = [p for p in entries if p.is_file() and _stem(p)[1] in INPUT_SUFFIXES]
     others = [p for p in entries if p.is_file() and _stem(p)[1] not in INPUT_SUFFIXES]
     cases, problems = _group_files(images, num_channels)
+    problems += [f"{p}: {missing_reason(p)}" for p in entries  # a dangling image link is reported, not skipped
+                 if p.is_symlink() and not p.exists() and _stem(p)[1] in INPUT_SUFFIXES]
     taken = {c.case_id for c in cases}
     for d in ([path] if others else []) + [p for p in entries if p.is_dir()]:
         for case in _dicom_cases(d):

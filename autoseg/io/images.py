@@ -7,6 +7,8 @@ Axis-order contract: arrays leave this module as (Z, Y, X) (or (C, Z, Y, X) for 
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -83,6 +85,19 @@ class Geometry:
         return None
 
 
+def missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened as a file: not found, a broken symbolic link or a link loop."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself); fix or remove the link"
+        return f"broken symbolic link (points to {os.readlink(path)}, which does not exist); fix or remove the link"
+    return "not a regular file"
+
+
 def read_sitk(path: Path | str, series_uid: str | None = None) -> sitk.Image:
     """One image file, or a DICOM folder's series (``series_uid`` picks one of several).
 
@@ -92,7 +107,7 @@ def read_sitk(path: Path | str, series_uid: str | None = None) -> sitk.Image:
     if path.is_dir():
         return read_dicom_series(path, series_uid)
     if not path.is_file():
-        raise AutosegError(f"{path}: file not found")
+        raise AutosegError(f"{path}: {missing_reason(path)}")
     check_complete(path)
     try:
         return sitk.ReadImage(str(path))

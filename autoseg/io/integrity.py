@@ -9,10 +9,12 @@ before it is read, with one line naming it:
   in 1 MiB chunks (memory stays flat, nothing is kept) to count its bytes; zlib also checks each
   gzip member's end marker, CRC-32 and length, so a bit flip is caught as well as a cut. Cost:
   about 0.7x of ITK's own read of the file (``benchmarks/file_checks.py``).
-* ``.mha`` (data inside the file): the bytes after the header must cover the raw voxel
-  data, or ``CompressedDataSize`` for compressed data.
+* ``.mha`` / ``.mhd``: the bytes after the header (``.mha``) or in the data file the header
+  names (``.mhd``) must cover the raw voxel data, or ``CompressedDataSize`` for compressed data.
+  (ITK refuses such files too, but with the misleading "No such file or directory".)
 
-NRRD files are left to ITK, which already refuses truncated raw and gzip NRRD data.
+NRRD files (``.nrrd``, ``.nhdr``) are left to ITK, which refuses truncated raw and gzip NRRD
+data with a clear message of its own.
 """
 
 from __future__ import annotations
@@ -96,16 +98,35 @@ def _check_nifti(path: Path, compressed: bool) -> None:
         raise AutosegError(f"{path}: file is truncated ({have} of {expected} bytes after decompression); {_HINT}")
 
 
-def _check_mha(path: Path) -> None:
+def _meta_data_bytes(path: Path) -> tuple[Path, int, dict[bytes, bytes]] | None:
+    """(file holding the voxel data, its bytes of voxel data, header fields) of a MetaImage, or
+    None when the data is not one file (a slice list or pattern) or the header cannot be parsed."""
     with open(path, "rb") as f:
         head = f.read(64 * 1024)
     m = re.search(rb"^ElementDataFile\s*=\s*(\S+)[^\n]*\n", head, re.M)
-    if m is None or m.group(1) != b"LOCAL":
-        return
+    if m is None:
+        return None
     fields = dict(re.findall(rb"^(\w+)\s*=\s*([^\r\n]*)", head[:m.start()], re.M))
-    have = path.stat().st_size - m.end()
+    if m.group(1) == b"LOCAL":
+        return path, path.stat().st_size - m.end(), fields
+    name = m.group(1).decode(errors="replace")
+    data = path.parent / name
+    if name in ("LIST", "List") or "%" in name or not data.is_file():
+        return None  # ITK reports a missing data file itself
+    try:
+        skip = max(int(fields.get(b"HeaderSize", b"0").strip() or 0), 0)
+    except ValueError:
+        return None
+    return data, data.stat().st_size - skip, fields
+
+
+def _check_mha(path: Path) -> None:
+    found = _meta_data_bytes(path)
+    if found is None:
+        return
+    data, have, fields = found
     if fields.get(b"CompressedData", b"").strip().lower() == b"true":
-        if b"CompressedDataSize" not in fields:
+        if not fields.get(b"CompressedDataSize", b"").strip().isdigit():
             return
         expected = int(fields[b"CompressedDataSize"])
     else:
@@ -118,7 +139,8 @@ def _check_mha(path: Path) -> None:
         item = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())).itemsize
         expected = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * item
     if have < expected:
-        raise AutosegError(f"{path}: file is truncated ({have} of {expected} bytes of voxel data); {_HINT}")
+        raise AutosegError(f"{data}: file is truncated ({have} of {expected} bytes of voxel data"
+                           f"{'' if data == path else f' for {path.name}'}); {_HINT}")
 
 
 def check_complete(path: Path | str) -> None:
@@ -134,7 +156,7 @@ def check_complete(path: Path | str) -> None:
             _check_nifti(path, compressed=True)
         elif name.endswith(".nii"):
             _check_nifti(path, compressed=False)
-        elif name.endswith(".mha"):
+        elif name.endswith((".mha", ".mhd")):
             _check_mha(path)
     except OSError as e:  # unreadable (permissions, I/O error): a reading problem, not a full disk
         raise AutosegError(f"{path}: cannot read the file ({e.strerror or e}); check that it is readable") from None

@@ -60,7 +60,7 @@ def make_model(results: Path, configs: dict[str, ConfigurationPlan], folds=("0",
         cdir.mkdir(parents=True, exist_ok=True)
         plans.save(cdir / "plans.json")
         save_dataset_info(info, cdir)
-        in_ch = channels + (len(LABELS) - 1 if cfg.previous_stage else 0)
+        in_ch = channels + (len(LABELS) - 1 if cfg.is_cascade else 0)
         for f in folds:
             tc = TrainingConfig(dataset=DATASET, configuration=name, fold=str(f), num_input_channels=in_ch, num_classes=3,
                                 previous_stage=cfg.previous_stage)

@@ -56,13 +56,21 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-cases", type=int, default=4, help="held-out synthetic test cases (default 4)")
     p.add_argument("--size", default="demo", choices=["tiny", "small", "demo", "medium"],
                    help="synthetic case size (default demo: CT at real scale, 160 voxels in-plane)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--iters-per-epoch", type=int, default=20)
+    p.add_argument("--time-budget", default="8m", help="training time for fold 0 (default 8m; see autoseg train --time-budget)")
+    p.add_argument("--epochs", type=int, default=None, help="a fixed number of epochs instead of the time budget")
+    p.add_argument("--iters-per-epoch", type=int, default=None, help="with --epochs: iterations per epoch (default 20)")
     p.add_argument("--target", default="cpu", choices=["cpu", "gpu"],
                    help="plan sized to ~1 s per training iteration on 2 CPU cores (default) or to --gpu-memory")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="with --target gpu: memory budget in GB (default 8)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
+
+
+def _schedule(a: argparse.Namespace) -> list[str]:
+    """``--epochs`` (a fixed schedule, e.g. a smoke run) or the time budget."""
+    if a.epochs is not None:
+        return ["--epochs", str(a.epochs), "--iters-per-epoch", str(a.iters_per_epoch or 20)]
+    return ["--time-budget", a.time_budget] + (["--iters-per-epoch", str(a.iters_per_epoch)] if a.iters_per_epoch else [])
 
 
 def run_demo(a: argparse.Namespace) -> int:
@@ -82,8 +90,7 @@ def run_demo(a: argparse.Namespace) -> int:
     plan = ["plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "--target", a.target, "-np", "2"]
     steps: list[tuple[str, list[str]]] = [
         ("plan and preprocess", plan + (["--gpu-memory", str(a.gpu_memory)] if a.target == "gpu" else [])),
-        ("train fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--epochs", str(a.epochs),
-                          "--iters-per-epoch", str(a.iters_per_epoch), "--val-iters", "5", "--checkpoint-every", "5"]
+        ("train fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--checkpoint-every", "5"] + _schedule(a)
          + (["--device", a.device] if a.device else [])),
         ("predict test cases", ["predict", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTs"),
                                 "-o", str(out / "predictions"), "--uncertainty", "--overwrite"] + (["--device", a.device] if a.device else [])),
@@ -104,9 +111,10 @@ def run_demo(a: argparse.Namespace) -> int:
     print("\n=== demo finished in %.1f min" % ((time.time() - t0) / 60))
     for title, sec in timings:
         print(f"  {title:<28}{sec:8.1f} s")
-    print(f"\n{'label':<14}{'Dice':>8}{'IoU':>8}{'precision':>11}{'recall':>8}")
+    print(f"\n{'label':<14}{'Dice':>8}{'IoU':>8}{'precision':>11}{'recall':>8}{'lesion recall':>15}{'lesion precision':>18}")
     for key, name in summary["label_names"].items():
         m = summary["mean"][key]
-        print(f"{name:<14}{m['Dice']:>8.3f}{m['IoU']:>8.3f}{m['precision']:>11.3f}{m['recall']:>8.3f}")
+        lesions = "".join(f"{m[k]:>{w}.3f}" if k in m else f"{'':>{w}}" for k, w in (("lesion_recall", 15), ("lesion_precision", 18)))
+        print(f"{name:<14}{m['Dice']:>8.3f}{m['IoU']:>8.3f}{m['precision']:>11.3f}{m['recall']:>8.3f}{lesions}")
     print(f"\nreport: {out / 'report.html'}")
     return 0

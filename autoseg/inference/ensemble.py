@@ -27,6 +27,7 @@ from autoseg.inference.inputs import InputCase
 from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, PredictSummary, cases_to_predict, predict_cases
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import IMAGE_SUFFIXES, write_image
+from autoseg.io.json_io import check_writable, remove_stale_temps
 from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
 from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine, load_probabilities,
                                          write_probabilities)
@@ -67,6 +68,8 @@ def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights:
     if not all_cases:
         raise AutosegError(f"{folders[0]}: no <case>_probabilities.npz files; predict with --save-probabilities first")
     out_dir = Path(out_dir).expanduser()
+    check_writable(out_dir, "pass another -o")
+    remove_stale_temps(out_dir)
     summary = EnsembleSummary()
     for case in tqdm(all_cases, desc="ensemble", unit="case"):
         missing = [str(f) for f, cs in zip(folders, per_folder) if case not in cs]

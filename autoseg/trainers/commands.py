@@ -51,6 +51,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: auto = on CUDA, and bfloat16 on CPUs with native bf16 (avx512_bf16/amx)")
     p.add_argument("--network", choices=sorted(NETWORKS), default="unet")
     p.add_argument("--loss", default="dice_ce", choices=LOSS_NAMES)
+    p.add_argument("--oversample-foreground", type=float, default=None,
+                   help="share of patches centred on a foreground voxel (default 0.33, nnU-Net's)")
     p.add_argument("--rare-class-bias", type=float, default=None,
                    help="share of foreground-centred patches put on the rarest class, e.g. the tumour "
                         "(default 0.5 for 3d_roi_fullres, else 0: nnU-Net's uniform choice)")
@@ -139,7 +141,8 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
-        rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else (0.5 if data.config.is_roi else 0.0))
+        rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else (0.5 if data.config.is_roi else 0.0),
+        oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None else 0.33)
 
 
 def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:

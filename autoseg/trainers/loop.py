@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.io.json_io import save_json
+from autoseg.io.json_io import remove_stale_temps, save_json
 from autoseg.model.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint, strip_module_prefix
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
@@ -345,6 +345,8 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
     """Train one fold into ``out_dir`` (``training.json``, ``checkpoint_final.pth`` at the end); returns the network."""
     clock0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dist_utils.context().is_main:
+        remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
     state = build_state(cfg, config, out_dir)
     resume(state, restart)
     if not dist_utils.same_on_all_ranks(state.start_epoch, state.device):
@@ -372,6 +374,7 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
                 if cfg.time_budget_s is not None and "epochs" in cfg.budget_sets:
                     adjust_to_budget(state, done, epoch_times, elapsed())
     except KeyboardInterrupt:
+        done = len(state.progress.history["train_loss"])  # the epochs logged are the ones completed
         state.save(LATEST, done, elapsed())
         if dist_utils.context().is_main:
             print(f"interrupted: saved {out_dir / LATEST} after {done} epochs; re-run the same command to resume")

@@ -104,3 +104,13 @@ def test_cli_evaluate_prints_table(tmp_path, capsys):
     assert run_evaluate(args) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "foreground mean" in out and (pred_dir / "summary.json").is_file()
+
+
+def test_error_gets_its_own_line_after_the_progress_bar(tmp_path, capsys):
+    from autoseg.cli import main
+    ref_dir, pred_dir = _cases(tmp_path)
+    _write(np.zeros((4, 8, 8), np.uint8), pred_dir / "b.nii.gz", spacing=[3.0, 1.0, 1.0])
+    assert main(["evaluate", "-r", str(ref_dir), "-p", str(pred_dir), "-o", str(tmp_path / "s.json")]) == 1
+    err = capsys.readouterr().err
+    i = err.index("autoseg evaluate: error:")
+    assert i == 0 or err[i - 1] == "\n", repr(err[max(0, i - 80):i + 40])

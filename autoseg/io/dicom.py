@@ -74,6 +74,11 @@ def series_names(series: list[DicomSeries]) -> list[str]:
     return [_safe(s.uid) for s in series]
 
 
+def dicom_series_files(folder: Path | str, series_uid: str | None = None) -> list[str]:
+    """The files of one DICOM series of ``folder``, in GDCM's slice order (rules of :func:`read_dicom_series`)."""
+    return _one_series(Path(folder), series_uid).files
+
+
 def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> sitk.Image:
     """Read one DICOM series of ``folder`` as a 3D image.
 
@@ -81,6 +86,15 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> sitk
     error lists the series found (UID and description).
     """
     folder = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(_one_series(folder, series_uid).files)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise AutosegError(f"{folder}: cannot read DICOM series ({str(e).strip().splitlines()[-1][:160]})") from None
+
+
+def _one_series(folder: Path, series_uid: str | None) -> DicomSeries:
     series = series_in(folder)
     if not series:
         raise AutosegError(f"{folder}: no DICOM series found in this folder")
@@ -92,9 +106,4 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> sitk
         listed = "; ".join(f"{s.uid} '{s.description}' ({len(s.files)} files)" for s in series)
         raise AutosegError(f"{folder}: {len(series)} DICOM series in one folder ({listed}); "
                            "give each series its own folder")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series[0].files)
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        raise AutosegError(f"{folder}: cannot read DICOM series ({str(e).strip().splitlines()[-1][:160]})") from None
+    return series[0]

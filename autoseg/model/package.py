@@ -7,6 +7,7 @@ refuses entries that would land outside the target folder.
 
 from __future__ import annotations
 
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 from autoseg import paths
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import atomic_path
+from autoseg.model.onnx_export import ONNX_FILE, ONNX_INFO_FILE, write_onnx
 from autoseg.model.selection import default_configurations, ensemble_rules_file
 from autoseg.model.trained import TrainedModel
 
@@ -24,10 +26,21 @@ def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
         zf.write(path, arcname)
 
 
+def _add_onnx(zf: zipfile.ZipFile, net, model: TrainedModel, fold, arc_dir: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="autoseg_onnx_") as d:
+        write_onnx(net, fold.training.num_input_channels, fold.training.num_classes, model.patch_size, Path(d), fold.checkpoint.name)
+        for name in (ONNX_FILE, ONNX_INFO_FILE):
+            zf.write(Path(d) / name, f"{arc_dir}/{name}")
+
+
 def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str] | None = None,
-                 folds: Sequence[str] | None = None, checkpoint: str = "final") -> Path:
+                 folds: Sequence[str] | None = None, checkpoint: str = "final", fmt: str = "torch") -> Path:
     """Zip the chosen configurations' folds (checkpoint + training.json) with plans, dataset.json,
     fingerprint, postprocessing.json and best_configuration.json; returns the zip's path.
+
+    ``fmt="onnx"``: each fold's network as ``network.onnx`` (+ ``network_onnx.json``) instead of
+    its checkpoint (see :mod:`autoseg.model.onnx_export`). A cascade or two-stage configuration
+    brings its first stage along.
 
     ``configurations=None``: what ``predict`` would use (:func:`default_configurations`: the
     chosen ensemble's members with its postprocessing rules, or one configuration).
@@ -43,6 +56,7 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_zip, ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         _add(zf, ddir / paths.BEST_CONFIGURATION_FILE, f"{dataset}/{paths.BEST_CONFIGURATION_FILE}")
+        _add(zf, ddir / "segment_codes.json", f"{dataset}/segment_codes.json")  # DICOM SEG codes (inference/seg_output.py)
         if len(members) > 1:
             rules = ensemble_rules_file(ddir, members)
             _add(zf, rules, rules.relative_to(ddir.parent).as_posix())
@@ -54,8 +68,12 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
                         zf.write(src, f"{dataset}/{conf}/{name}")
                         break
             _add(zf, model.folder / paths.POSTPROCESSING_FILE, f"{dataset}/{conf}/{paths.POSTPROCESSING_FILE}")
-            for f in model.folds:
-                _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
+            nets = model.load_networks("cpu") if fmt == "onnx" else [None] * len(model.folds)
+            for f, net in zip(model.folds, nets):
+                if net is not None:
+                    _add_onnx(zf, net, model, f, f"{dataset}/{conf}/fold_{f.fold}")
+                else:
+                    _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
                 _add(zf, f.checkpoint.parent / "training.json", f"{dataset}/{conf}/fold_{f.fold}/training.json")
     return out_zip
 

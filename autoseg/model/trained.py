@@ -26,6 +26,7 @@ from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_dataclass
 from autoseg.model.checkpoint import checkpoint_name, load_checkpoint, strip_module_prefix
 from autoseg.model.postprocessing import PostprocessingRules, load_rules
+from autoseg.model.onnx_export import ONNX_FILE
 from autoseg.model.training_config import TrainingConfig
 from autoseg.networks.builder import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
@@ -87,14 +88,17 @@ class TrainedModel:
 
     def _find_folds(self, folds: Sequence[str] | None, ck_name: str) -> list[FoldModel]:
         found = {m.group(1): p for p in self.folder.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))}
+
+        def weights(fd: Path) -> Path | None:  # the checkpoint, else an ONNX network (export_model --format onnx)
+            return next((p for p in (fd / ck_name, fd / ONNX_FILE) if p.is_file()), None)
         if folds is None:
-            chosen = sorted((f for f, p in found.items() if (p / ck_name).is_file()), key=_fold_key)
+            chosen = sorted((f for f, p in found.items() if weights(p)), key=_fold_key)
             if not chosen:
                 raise AutosegError(f"{self.folder}: no fold has {ck_name}; finish training (autoseg train) or use --checkpoint best")
         else:
             chosen = [str(f) for f in folds]
             for f in chosen:
-                if not (self.folder / f"fold_{f}" / ck_name).is_file():
+                if not weights(self.folder / f"fold_{f}"):
                     raise AutosegError(f"{self.folder / f'fold_{f}' / ck_name}: not found; train fold {f} or leave it out of -f")
         out = []
         for f in chosen:
@@ -103,7 +107,7 @@ class TrainedModel:
             training = load_dataclass(TrainingConfig, tj) if tj.is_file() else TrainingConfig(
                 dataset=self.dataset_dir.name, configuration=self.configuration, fold=f,
                 num_input_channels=self.plans.num_input_channels, num_classes=self.plans.num_classes)
-            out.append(FoldModel(f, fd / ck_name, training))
+            out.append(FoldModel(f, weights(fd), training))  # type: ignore[arg-type]
         return out
 
     @property
@@ -132,6 +136,8 @@ class TrainedModel:
         """One eval-mode network per fold, weights loaded with ``weights_only=True``."""
         nets = []
         for f in self.folds:
+            if f.checkpoint.suffix == ".onnx":
+                raise AutosegError(f"{f.checkpoint}: an ONNX network; predict it with --runtime onnxruntime or openvino")
             ck = load_checkpoint(f.checkpoint)
             net = build_network(f.training.network, self.config.topology, f.training.num_input_channels,
                                 f.training.num_classes, deep_supervision=False)

@@ -29,10 +29,12 @@ from autoseg.errors import AutosegError
 from autoseg.evaluation.clinical import clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
                                         region_key)
+from autoseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
 from autoseg.io.images import read_image
 from autoseg.io.json_io import atomic_write_bytes, load_json, save_json
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+SEG_SUFFIX = ".dcm"  # DICOM SEG, reference side only
 DEFAULT_LABEL_NAMES = {1: "liver", 2: "tumor"}
 CSV_FIRST_METRICS = ("Dice", "precision", "recall")
 CSV_OTHER_METRICS = ("IoU", "HD95_mm", "ASSD_mm", "RVD", "VOE")
@@ -40,27 +42,32 @@ CSV_LESION_METRICS = ("lesion_precision", "lesion_recall", "lesion_F1", "lesion_
                       "lesion_fp", "lesion_fn")
 
 
-def strip_suffix(name: str) -> str | None:
-    """Case id of a label file name, or None when the ending is not a label format."""
+def strip_suffix(name: str, dicom_seg: bool = False) -> str | None:
+    """Case id of a label file name, or None when the ending is not a label format (``.dcm`` only with ``dicom_seg``)."""
     lower = name.lower()
+    if dicom_seg and lower.endswith(SEG_SUFFIX):
+        return name[: -len(SEG_SUFFIX)]
     for suffix in LABEL_SUFFIXES:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return None
 
 
-def list_label_files(folder: Path | str) -> dict[str, Path]:
+def list_label_files(folder: Path | str, dicom_seg: bool = False) -> dict[str, Path]:
     """``{case_id: path}`` of the label files in ``folder`` (hidden files skipped).
 
     Two files for one case id (``a.nii.gz`` and ``a.nrrd``) are refused: which one is meant?
+    ``dicom_seg``: DICOM SEG files ``<case>.dcm`` count too (other DICOM files are skipped).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AutosegError(f"{folder}: folder not found; pass a folder of label files ({', '.join(LABEL_SUFFIXES)})")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        case = strip_suffix(path.name)
+        case = strip_suffix(path.name, dicom_seg)
         if case is None or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.name.lower().endswith(SEG_SUFFIX) and not is_dicom_seg(path):
             continue
         if case in found:
             raise AutosegError(f"{path}: case '{case}' also has {found[case].name}; keep one file per case")
@@ -99,15 +106,23 @@ def region_name(region: Region, label_names: dict[int, str], all_labels: Sequenc
 
 
 def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
-                  surface_distances_mm: bool = True) -> dict:
-    """Metrics of one case; refuses a prediction whose grid differs from the reference."""
-    ref, ref_geom = read_image(ref_path, dtype=np.int16)
+                  surface_distances_mm: bool = True, label_names: dict[int, str] | None = None) -> dict:
+    """Metrics of one case; refuses a prediction whose grid differs from the reference.
+
+    A DICOM SEG reference (``.dcm``) is rasterised onto the prediction's grid; its segments map
+    to labels by name (``label_names``), else by segment number.
+    """
     pred, pred_geom = read_image(pred_path, dtype=np.int16)
+    if ref_path.name.lower().endswith(SEG_SUFFIX):
+        names = {n: v for v, n in (label_names or DEFAULT_LABEL_NAMES).items()}
+        ref, ref_geom = read_dicom_seg(ref_path, pred_geom, names).astype(np.int16), pred_geom
+    else:
+        ref, ref_geom = read_image(ref_path, dtype=np.int16)
     if (diff := ref_geom.matches(pred_geom)) is not None:
         raise AutosegError(f"{pred_path}: grid differs from reference {ref_path.name} ({diff}); "
                            f"predict on the reference's grid (resample the prediction back)")
     metrics = compute_case_metrics(ref, pred, ref_geom.spacing_zyx, regions, tumor_label, surface_distances_mm)
-    out = {"case": strip_suffix(ref_path.name), "reference_file": str(ref_path),
+    out = {"case": strip_suffix(ref_path.name, True), "reference_file": str(ref_path),
            "prediction_file": str(pred_path), "metrics": metrics}
     if tumor_label is not None:  # the clinical numbers a radiologist reads, predicted vs reference
         liver = min((r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
@@ -171,9 +186,9 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
     tumor_label = tumor_label_of(names)
     tumor_label = tumor_label if tumor_label in labels else None
 
-    ref_files, pred_files = list_label_files(ref_dir), list_label_files(pred_dir)
+    ref_files, pred_files = list_label_files(ref_dir, dicom_seg=True), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
-    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm) for c in cases]
+    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm, names) for c in cases]
     progress = dict(total=len(jobs), desc="evaluate", unit="case")
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:

@@ -64,6 +64,14 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model zip from 'autoseg export_model' (or its extracted dataset folder)")
     p.add_argument("--prev-stage-predictions", default=None,
                    help="cascade: folder of 3d_lowres masks for these inputs (default: run the 3d_lowres model)")
+    p.add_argument("--output-format", nargs="+", default=["nifti"], metavar="{nifti,dicom-seg}",
+                   help="nifti (default: the input's ending, .nii.gz for DICOM) and/or dicom-seg (<case>.dcm, a DICOM "
+                        "Segmentation of a DICOM series input, needs highdicom: pip install 'autoseg[dicom]')")
+    p.add_argument("--segment-codes", default=None,
+                   help="JSON of DICOM SEG codes per label name (docs/deploy.md); default: dataset.json's 'segment_codes', "
+                        "then built-in liver / liver tumour codes")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="engine for the network (default auto: torch for checkpoints, onnxruntime/openvino for an ONNX model)")
 
 
 def run_predict(a: argparse.Namespace) -> int:
@@ -72,12 +80,14 @@ def run_predict(a: argparse.Namespace) -> int:
     from autoseg.inference.model import TrainedModel, default_configurations, extract_model
     from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases, resolve_device
 
+    from autoseg.inference import seg_output
     if a.weights and a.ensemble != "weighted":
         raise AutosegError("--weights needs --ensemble weighted")
+    formats = seg_output.check_formats(a.output_format)
     options = PredictOptions(step=a.step, amp=a.amp, mirror=not a.no_tta, ensemble=a.ensemble, weights=a.weights,
                              device=resolve_device(a.device), save_probabilities=a.save_probabilities, uncertainty=a.uncertainty,
                              postprocess=not a.no_postprocessing, overwrite=a.overwrite, num_export_workers=a.num_processes,
-                             num_parts=a.num_parts, part_id=a.part_id, memory_gb=a.memory_gb,
+                             num_parts=a.num_parts, part_id=a.part_id, memory_gb=a.memory_gb, runtime=a.runtime,
                              prev_stage_dir=Path(a.prev_stage_predictions).expanduser() if a.prev_stage_predictions else None)
     with contextlib.ExitStack() as stack:
         if a.model:
@@ -88,6 +98,8 @@ def run_predict(a: argparse.Namespace) -> int:
         confs = [a.configuration] if a.configuration else default_configurations(dataset_dir)
         model = TrainedModel(dataset_dir, confs[0], _folds(a.folds), a.checkpoint)
         cases, problems = discover_cases(a.input, model.num_image_channels)
+        codes = seg_output.segment_codes_for(model.folder / "dataset.json", a.segment_codes) if "dicom-seg" in formats else {}
+        cases, seg_done = seg_output.skip_done(cases, Path(a.output), formats, a.overwrite)
         tta = "mirroring TTA" if options.mirror else "no TTA"
         if len(confs) > 1:
             print(f"{dataset_dir.name}: ensemble of {' + '.join(confs)} (chosen by find_best_configuration; -c picks one), "
@@ -99,6 +111,10 @@ def run_predict(a: argparse.Namespace) -> int:
             print(f"{dataset_dir.name} {confs[0]}: folds {', '.join(model.fold_names)} ({options.ensemble} ensemble), {tta}, "
                   f"{options.device}; {len(cases)} case(s) found")
             summary = predict_cases(model, cases, a.output, options, previous) if cases else PredictSummary()
+        summary.skipped += seg_done
+        model_name = f"{dataset_dir.name} {'+'.join(confs)} folds {','.join(model.fold_names)}"
+        summary.failed.update(seg_output.write_seg_outputs(cases, summary.predicted, a.output, formats,
+                                                           model.plans.labels, model_name, codes))
     for line in problems:
         summary.failed[line.split(":", 1)[0]] = line
     print(summary.text())
@@ -132,11 +148,13 @@ def configure_export_model(p: argparse.ArgumentParser) -> None:
                    help="configurations to include (default: best_configuration.json's, else 3d_fullres)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: every fold with a checkpoint)")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--format", choices=["torch", "onnx"], default="torch",
+                   help="fold networks as checkpoints (default) or as ONNX (network.onnx; predict needs onnxruntime or openvino)")
 
 
 def run_export_model(a: argparse.Namespace) -> int:
     from autoseg.inference.model import export_model
     dataset_dir = results_dataset(a.dataset)
-    out = export_model(dataset_dir.name, a.output, a.configurations, _folds(a.folds), a.checkpoint)
+    out = export_model(dataset_dir.name, a.output, a.configurations, _folds(a.folds), a.checkpoint, a.format)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with: autoseg predict --model {out} -i IN -o OUT")
     return 0

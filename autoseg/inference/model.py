@@ -17,6 +17,7 @@ outside the target folder are refused).
 from __future__ import annotations
 
 import re
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from autoseg import paths
 from autoseg.datasets.layout import DatasetInfo, load_dataset_info
 from autoseg.errors import AutosegError
 from autoseg.evaluation.postprocessing import RULES_FILE, PostprocessingRules, load_rules
+from autoseg.inference.onnx_export import ONNX_FILE, ONNX_INFO_FILE, write_onnx
 from autoseg.io.json_io import load_dataclass, load_json
 from autoseg.networks.builder import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
@@ -115,14 +117,17 @@ class TrainedModel:
 
     def _find_folds(self, folds: Sequence[str] | None, ck_name: str) -> list[FoldModel]:
         found = {m.group(1): p for p in self.folder.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))}
+
+        def weights(fd: Path) -> Path | None:  # the checkpoint, else an ONNX network (export_model --format onnx)
+            return next((p for p in (fd / ck_name, fd / ONNX_FILE) if p.is_file()), None)
         if folds is None:
-            chosen = sorted((f for f, p in found.items() if (p / ck_name).is_file()), key=_fold_key)
+            chosen = sorted((f for f, p in found.items() if weights(p)), key=_fold_key)
             if not chosen:
                 raise AutosegError(f"{self.folder}: no fold has {ck_name}; finish training (autoseg train) or use --checkpoint best")
         else:
             chosen = [str(f) for f in folds]
             for f in chosen:
-                if not (self.folder / f"fold_{f}" / ck_name).is_file():
+                if not weights(self.folder / f"fold_{f}"):
                     raise AutosegError(f"{self.folder / f'fold_{f}' / ck_name}: not found; train fold {f} or leave it out of -f")
         out = []
         for f in chosen:
@@ -131,7 +136,7 @@ class TrainedModel:
             training = load_dataclass(TrainingConfig, tj) if tj.is_file() else TrainingConfig(
                 dataset=self.dataset_dir.name, configuration=self.configuration, fold=f,
                 num_input_channels=self.plans.num_input_channels, num_classes=self.plans.num_classes)
-            out.append(FoldModel(f, fd / ck_name, training))
+            out.append(FoldModel(f, weights(fd), training))  # type: ignore[arg-type]
         return out
 
     @property
@@ -160,6 +165,8 @@ class TrainedModel:
         """One eval-mode network per fold, weights loaded with ``weights_only=True``."""
         nets = []
         for f in self.folds:
+            if f.checkpoint.suffix == ".onnx":
+                raise AutosegError(f"{f.checkpoint}: an ONNX network; predict it with --runtime onnxruntime or openvino")
             ck = load_checkpoint(f.checkpoint)
             net = build_network(f.training.network, self.config.topology, f.training.num_input_channels,
                                 f.training.num_classes, deep_supervision=False)
@@ -177,10 +184,20 @@ def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
         zf.write(path, arcname)
 
 
+def _add_onnx(zf: zipfile.ZipFile, net: nn.Module, model: TrainedModel, fold: FoldModel, arc_dir: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="autoseg_onnx_") as d:
+        write_onnx(net, fold.training.num_input_channels, fold.training.num_classes, model.patch_size, Path(d), fold.checkpoint.name)
+        for name in (ONNX_FILE, ONNX_INFO_FILE):
+            zf.write(Path(d) / name, f"{arc_dir}/{name}")
+
+
 def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str] | None = None,
-                 folds: Sequence[str] | None = None, checkpoint: str = "final") -> Path:
+                 folds: Sequence[str] | None = None, checkpoint: str = "final", fmt: str = "torch") -> Path:
     """Zip the chosen configurations' folds (checkpoint + training.json) with plans, dataset.json,
     fingerprint, postprocessing.json and best_configuration.json; returns the zip's path.
+
+    ``fmt="onnx"``: each fold's network as ``network.onnx`` (+ ``network_onnx.json``) instead of
+    its checkpoint (see :mod:`autoseg.inference.onnx_export`).
 
     ``configurations=None``: what ``predict`` would use (:func:`default_configurations`: the
     chosen ensemble's members with its postprocessing rules, or one configuration).
@@ -208,8 +225,12 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
                         zf.write(src, f"{dataset}/{conf}/{name}")
                         break
             _add(zf, model.folder / RULES_FILE, f"{dataset}/{conf}/{RULES_FILE}")
-            for f in model.folds:
-                _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
+            nets = model.load_networks("cpu") if fmt == "onnx" else [None] * len(model.folds)
+            for f, net in zip(model.folds, nets):
+                if net is not None:
+                    _add_onnx(zf, net, model, f, f"{dataset}/{conf}/fold_{f.fold}")
+                else:
+                    _add(zf, f.checkpoint, f"{dataset}/{conf}/fold_{f.fold}/{f.checkpoint.name}")
                 _add(zf, f.checkpoint.parent / "training.json", f"{dataset}/{conf}/fold_{f.fold}/training.json")
     tmp.replace(out_zip)
     return out_zip

@@ -32,6 +32,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.export import export_prediction, map_to_original, segment
 from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.model import TrainedModel
+from autoseg.inference.runtimes import load_networks
 from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
@@ -65,6 +66,7 @@ class PredictOptions:
     part_id: int = 0
     prev_stage_dir: Path | None = None
     memory_gb: float = 8.0
+    runtime: str = "auto"  # torch, onnxruntime, openvino (autoseg.inference.runtimes)
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Predictor:
 
     def __init__(self, model: TrainedModel, options: PredictOptions):
         self.model, self.options = model, options
-        self.networks = model.load_networks(options.device)
+        self.networks = load_networks(model, options.device, options.runtime)
         dim = len(model.patch_size)
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,

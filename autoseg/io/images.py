@@ -168,13 +168,19 @@ def is_dicom_folder(path: Path | str) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def read_dicom_series(folder: Path | str) -> sitk.Image:
-    """Read the (first, largest) DICOM series in ``folder`` as one 3D image."""
+def dicom_series_files(folder: Path | str) -> list[str]:
+    """The files of the (first, largest) DICOM series in ``folder``, sorted along the slice normal (GDCM)."""
     folder = Path(folder)
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise AutosegError(f"{folder}: no DICOM series found in this folder")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids), key=len)
+    return list(max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids), key=len))
+
+
+def read_dicom_series(folder: Path | str) -> sitk.Image:
+    """Read the (first, largest) DICOM series in ``folder`` as one 3D image."""
+    folder = Path(folder)
+    files = dicom_series_files(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

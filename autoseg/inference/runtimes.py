@@ -1,0 +1,137 @@
+"""Which engine runs the network's forward passes: ``predict --runtime {auto,torch,onnxruntime,openvino}``.
+
+A runtime network is a callable ``nn.Module`` mapping a float32 patch batch (B, C, *spatial) on
+the CPU to float32 logits (B, K, *spatial); the sliding window (blending, TTA, ensembling)
+treats every runtime alike. Backends:
+
+* ``torch``: the fold checkpoints in PyTorch (float32, or bfloat16 autocast per ``--amp``);
+* ``onnxruntime``: ONNX Runtime's CPU execution provider, float32;
+* ``openvino``: OpenVINO on the CPU; its default inference precision is bfloat16 on CPUs with
+  AMX/avx512_bf16 and float32 elsewhere.
+
+ONNX Runtime and OpenVINO are optional packages, imported only when chosen. For a torch model
+(checkpoints) they run an ONNX export made in memory at load time (:mod:`onnx_export`); a model
+exported with ``export_model --format onnx`` has no checkpoints and needs one of them.
+
+``auto`` picks: torch for checkpoints and for any non-CPU device (the runtime measured fastest
+on CPUs is in docs/benchmarks.md, "CPU runtimes"), and for an ONNX model the first installed
+of onnxruntime, openvino.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoseg.errors import AutosegError
+from autoseg.inference.model import TrainedModel
+from autoseg.inference.onnx_export import INPUT_NAME, export_network
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def is_installed(runtime: str) -> bool:
+    """torch always; the others when their package can be imported."""
+    return runtime == "torch" or (runtime in _PACKAGES and importlib.util.find_spec(_PACKAGES[runtime]) is not None)
+
+
+def is_onnx_model(model: TrainedModel) -> bool:
+    return any(Path(f.checkpoint).suffix == ".onnx" for f in model.folds)
+
+
+def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
+    """The runtime to use for ``requested`` (see module doc); AutosegError when it cannot run here."""
+    if requested not in RUNTIMES:
+        raise AutosegError(f"--runtime {requested}: choose one of {', '.join(RUNTIMES)}")
+    if requested == "auto":
+        if not onnx_model:
+            return "torch"
+        found = [r for r in ONNX_RUNTIMES if is_installed(r)]
+        if not found:
+            raise AutosegError("this model is ONNX (export_model --format onnx); install a runtime for it: "
+                               "pip install onnxruntime (or openvino)")
+        requested = found[0]
+    if requested == "torch" and onnx_model:
+        raise AutosegError("--runtime torch: this model holds ONNX networks only; use --runtime onnxruntime or openvino, "
+                           "or export the model without --format onnx")
+    if requested != "torch":
+        if not is_installed(requested):
+            raise AutosegError(f"--runtime {requested}: package '{_PACKAGES[requested]}' is not installed; "
+                               f"pip install {_PACKAGES[requested]} or use --runtime torch")
+        if device != "cpu":
+            raise AutosegError(f"--runtime {requested} runs on the CPU; add --device cpu or use --runtime torch")
+    return requested
+
+
+class RuntimeNetwork(nn.Module):
+    """A non-torch engine behind ``nn.Module``'s call: numpy float32 in, torch float32 logits out."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], name: str):
+        super().__init__()
+        self._run, self.runtime = run, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def onnxruntime_network(onnx: bytes | str | Path, threads: int | None = None) -> RuntimeNetwork:
+    """ONNX Runtime CPU session (float32, full graph optimisation) for an ONNX model (bytes or file)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx if isinstance(onnx, bytes) else str(onnx), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return RuntimeNetwork(lambda x: session.run(None, {name: x})[0], "onnxruntime")
+
+
+def openvino_network(onnx: bytes | str | Path, threads: int | None = None, precision: str | None = None) -> RuntimeNetwork:
+    """OpenVINO CPU compiled model; ``precision`` "f32"/"bf16" overrides its default inference precision."""
+    import openvino as ov
+    core = ov.Core()
+    config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    if isinstance(onnx, bytes):
+        with tempfile.TemporaryDirectory(prefix="autoseg_ov_") as d:
+            path = os.path.join(d, "network.onnx")
+            Path(path).write_bytes(onnx)
+            compiled = core.compile_model(core.read_model(path), "CPU", config)
+    else:
+        compiled = core.compile_model(core.read_model(str(onnx)), "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.outputs[0]
+    return RuntimeNetwork(lambda x: request.infer({INPUT_NAME: x})[output].copy(), "openvino")
+
+
+BACKENDS: dict[str, Callable[[bytes | str | Path], RuntimeNetwork]] = {
+    "onnxruntime": onnxruntime_network,
+    "openvino": openvino_network,
+}
+
+
+def wrap_networks(networks: Sequence[nn.Module], runtime: str, in_channels: int, patch_size: Sequence[int]) -> list[nn.Module]:
+    """``networks`` as they are for torch, else each exported to ONNX in memory and loaded into ``runtime``."""
+    if runtime == "torch":
+        return list(networks)
+    return [BACKENDS[runtime](export_network(net, in_channels, patch_size)[0]) for net in networks]
+
+
+def load_networks(model: TrainedModel, device: str, runtime: str = "auto") -> list[nn.Module]:
+    """One network per fold of ``model`` on ``runtime`` (``auto``: see :func:`choose_runtime`)."""
+    onnx_model = is_onnx_model(model)
+    chosen = choose_runtime(runtime, device, onnx_model)
+    if onnx_model:
+        return [BACKENDS[chosen](f.checkpoint) for f in model.folds]
+    networks = model.load_networks(device)
+    return wrap_networks(networks, chosen, model.num_input_channels, model.patch_size)

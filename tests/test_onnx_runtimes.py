@@ -60,7 +60,7 @@ def test_onnx_model_zip_predicts_like_torch(trained, tmp_path, capsys):
     names = zipfile.ZipFile(z).namelist()
     assert f"{DATASET}/3d_fullres/fold_0/network.onnx" in names and not any(n.endswith(".pth") for n in names)
     shutil.rmtree(env["res"] / DATASET)  # the zip alone must suffice, no checkpoint anywhere
-    via_onnx = _predict(["--model", str(z), "-i", str(images)], tmp_path / "onnx")  # auto -> onnxruntime
+    via_onnx = _predict(["--model", str(z), "-i", str(images), "--runtime", "onnxruntime"], tmp_path / "onnx")
     _same(reference, via_onnx, atol=2e-3)
     assert main(["predict", "--model", str(z), "-i", str(images), "-o", str(tmp_path / "x"), "--runtime", "torch"]) != 0
     assert "ONNX networks only" in capsys.readouterr().err
@@ -103,5 +103,7 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
     with pytest.raises(AutosegError, match="install a runtime"):
         runtimes.choose_runtime("auto", "cpu", onnx_model=True)
     monkeypatch.setattr(runtimes, "is_installed", lambda r: True)
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == runtimes.FASTEST_CPU_RUNTIME
+    assert runtimes.choose_runtime("auto", "cuda", onnx_model=False) == "torch"
     with pytest.raises(AutosegError, match="--device cpu"):
         runtimes.choose_runtime("openvino", "cuda", onnx_model=False)

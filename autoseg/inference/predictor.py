@@ -108,7 +108,7 @@ class Predictor:
 
     def __init__(self, model: TrainedModel, options: PredictOptions):
         self.model, self.options = model, options
-        self.networks = load_networks(model, options.device, options.runtime)
+        self.networks = load_networks(model, options.device, options.runtime, options.amp)
         dim = len(model.patch_size)
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,

@@ -13,9 +13,9 @@ ONNX Runtime and OpenVINO are optional packages, imported only when chosen. For 
 (checkpoints) they run an ONNX export made in memory at load time (:mod:`onnx_export`); a model
 exported with ``export_model --format onnx`` has no checkpoints and needs one of them.
 
-``auto`` picks: torch for checkpoints and for any non-CPU device (the runtime measured fastest
-on CPUs is in docs/benchmarks.md, "CPU runtimes"), and for an ONNX model the first installed
-of onnxruntime, openvino.
+``auto`` picks: on the CPU, OpenVINO when it is installed (measured fastest, masks agreeing:
+docs/benchmarks.md, "CPU runtimes"), else torch; torch on any other device; for an ONNX model
+the first installed of openvino, onnxruntime. Prediction never needs the optional packages.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ from autoseg.inference.model import TrainedModel
 from autoseg.inference.onnx_export import INPUT_NAME, export_network
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-ONNX_RUNTIMES = ("onnxruntime", "openvino")
+ONNX_RUNTIMES = ("openvino", "onnxruntime")  # auto's order for an ONNX model: fastest measured first
+# docs/benchmarks.md "CPU runtimes": OpenVINO took 0.2-0.55x PyTorch float32's forward time on a
+# 2-core AVX2 CPU with Dice >= 0.999 against it; ONNX Runtime 0.4-0.9x. auto uses it when installed.
+FASTEST_CPU_RUNTIME = "openvino"
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -54,7 +57,7 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
         raise AutosegError(f"--runtime {requested}: choose one of {', '.join(RUNTIMES)}")
     if requested == "auto":
         if not onnx_model:
-            return "torch"
+            return FASTEST_CPU_RUNTIME if device == "cpu" and is_installed(FASTEST_CPU_RUNTIME) else "torch"
         found = [r for r in ONNX_RUNTIMES if is_installed(r)]
         if not found:
             raise AutosegError("this model is ONNX (export_model --format onnx); install a runtime for it: "
@@ -120,18 +123,27 @@ BACKENDS: dict[str, Callable[[bytes | str | Path], RuntimeNetwork]] = {
 }
 
 
-def wrap_networks(networks: Sequence[nn.Module], runtime: str, in_channels: int, patch_size: Sequence[int]) -> list[nn.Module]:
+def _backend(runtime: str, amp: str) -> Callable[[bytes | str | Path], RuntimeNetwork]:
+    """The loader of ``runtime``; OpenVINO follows ``--amp``: off = f32, on = bf16, auto = its CPU default."""
+    if runtime == "openvino" and amp in ("on", "off"):
+        return lambda onnx: openvino_network(onnx, precision="bf16" if amp == "on" else "f32")
+    return BACKENDS[runtime]
+
+
+def wrap_networks(networks: Sequence[nn.Module], runtime: str, in_channels: int, patch_size: Sequence[int],
+                  amp: str = "auto") -> list[nn.Module]:
     """``networks`` as they are for torch, else each exported to ONNX in memory and loaded into ``runtime``."""
     if runtime == "torch":
         return list(networks)
-    return [BACKENDS[runtime](export_network(net, in_channels, patch_size)[0]) for net in networks]
+    load = _backend(runtime, amp)
+    return [load(export_network(net, in_channels, patch_size)[0]) for net in networks]
 
 
-def load_networks(model: TrainedModel, device: str, runtime: str = "auto") -> list[nn.Module]:
+def load_networks(model: TrainedModel, device: str, runtime: str = "auto", amp: str = "auto") -> list[nn.Module]:
     """One network per fold of ``model`` on ``runtime`` (``auto``: see :func:`choose_runtime`)."""
     onnx_model = is_onnx_model(model)
     chosen = choose_runtime(runtime, device, onnx_model)
     if onnx_model:
-        return [BACKENDS[chosen](f.checkpoint) for f in model.folds]
+        return [_backend(chosen, amp)(f.checkpoint) for f in model.folds]
     networks = model.load_networks(device)
-    return wrap_networks(networks, chosen, model.num_input_channels, model.patch_size)
+    return wrap_networks(networks, chosen, model.num_input_channels, model.patch_size, amp)

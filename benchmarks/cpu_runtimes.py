@@ -1,0 +1,222 @@
+"""CPU runtimes for the network's forward passes: PyTorch float32, PyTorch bfloat16 autocast, ONNX Runtime, OpenVINO.
+
+Usage, from the repo root::
+
+    python benchmarks/cpu_runtimes.py [--patch 32 64 64] [--spacing 3.278 1.416 1.416] [--repeats 5] \
+        [--case-shape 48 96 96] [--large 300 512 512 --large-spacing 1.0 0.8 0.8] [--tta-case] [--bf16-emulated]
+
+What it measures, per runtime, in this process (threads = ``torch.get_num_threads()`` for all):
+
+* ``load s``: building the runtime network (ONNX export in memory + session / compile);
+* ``forward s``: one patch batch (batch 1, the predictor's 3D batch) through the network,
+  median of ``--repeats`` after one warm-up (min in brackets), wall and process CPU seconds;
+  the runtimes take turns in each repeat, so changes of machine load hit them alike;
+* ``case s``: :func:`predict_sliding_window` on a whole small preprocessed case
+  (``--case-shape``, default 48 x 96 x 96 = 8 windows at step 0.5), without TTA; with
+  ``--tta-case`` also with mirroring TTA (8 passes per window);
+* ``Dice``: the small case's argmax mask against PyTorch float32's (mean over foreground
+  classes; the input is a synthetic CT patch, so the mask has structure);
+* ``512 case s (extrapolated)``: the large CT's sliding-window time, **extrapolated** as
+  windows x (passes x median forward + per-window overhead), the overhead measured by running
+  the small case's sliding window with a network that returns zeros;
+  windows from the plan's spacing and patch (step 0.5) exactly as ``predict`` lays them out.
+
+The network is the plan-sized plain U-Net for ``--patch``/``--spacing`` (``make_topology``: 32
+x 64 x 64 at 3.278 x 1.416 x 1.416 mm gives the 5-stage 32..320 U-Net of docs/benchmarks.md's
+prediction benchmark), with seeded random weights: forward time depends on the network's
+shape, not on its weights' values; Dice between runtimes on random weights checks numerics.
+
+PyTorch bfloat16 (``predict --amp auto`` on CPUs with avx512_bf16/AMX) is skipped on a CPU
+without native bf16 (it is emulated there and takes minutes per forward) unless
+``--bf16-emulated``. OpenVINO runs at its default inference precision (bf16 on AMX CPUs, f32
+elsewhere; the table says which). int8 is not measured (needs calibration with NNCF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autoseg.inference import runtimes  # noqa: E402
+from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window, window_grid  # noqa: E402
+from autoseg.networks.builder import build_network  # noqa: E402
+from autoseg.networks.precision import cpu_has_native_bf16  # noqa: E402
+from autoseg.planners.topology import make_topology  # noqa: E402
+
+NUM_CLASSES = 3
+
+
+def cpu_line() -> str:
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
+    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, ISA: {' '.join(isa)}"
+
+
+def versions() -> str:
+    out = [f"torch {torch.__version__}"]
+    for pkg in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(pkg):
+            out.append(f"{pkg} {__import__(pkg).__version__}")
+    return ", ".join(out)
+
+
+def synthetic_input(shape_zyx, spacing_zyx, seed: int = 0) -> np.ndarray:
+    """(1, Z, Y, X) float32: a synthetic abdominal CT at the plan's spacing, CT-normalised."""
+    from autoseg.datasets.synthetic import make_case
+    img, _, _ = make_case(tuple(shape_zyx), tuple(spacing_zyx), np.random.default_rng(seed))
+    return ((np.clip(img.astype(np.float32), -200, 300) - 50.0) / 100.0)[None]
+
+
+def build_runtimes(net, patch, names, bf16_emulated: bool):
+    """[(row name, network, amp, load seconds, note)] for the runtimes requested and installed."""
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        note = ""
+        if name == "torch-fp32":
+            rows.append((name, net, "off", 0.0, ""))
+            continue
+        if name == "torch-bf16":
+            if not cpu_has_native_bf16() and not bf16_emulated:
+                print(f"  {name}: skipped (no native bf16 on this CPU: emulated, minutes per forward; --bf16-emulated runs it)")
+                continue
+            rows.append((name, net, "on", 0.0, "" if cpu_has_native_bf16() else "emulated bf16"))
+            continue
+        backend = name.split("-")[0]
+        if not runtimes.is_installed(backend):
+            print(f"  {name}: skipped ({backend} not installed)")
+            continue
+        wrapped = runtimes.wrap_networks([net], backend, 1, patch)[0]
+        if backend == "openvino":
+            note = f"precision {openvino_precision(wrapped)}"
+        rows.append((name, wrapped, "off", time.perf_counter() - t0, note))
+    return rows
+
+
+def openvino_precision(wrapped) -> str:
+    """OpenVINO's default inference precision on this CPU (what ``openvino_network`` runs at)."""
+    import openvino as ov
+    value = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+class NullNetwork(torch.nn.Module):
+    """Zeros of the logits' shape: times the sliding window's own work (windows, blending, accumulation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((x.shape[0], NUM_CLASSES) + tuple(x.shape[2:]))
+
+
+def time_forwards(rows, x: torch.Tensor, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """{name: (median wall s, min wall s, median CPU s)} of one forward; runtimes interleaved per repeat,
+    so a change of machine load hits all of them alike."""
+    from autoseg.networks.precision import amp_dtype, autocast
+    wall: dict[str, list[float]] = {r[0]: [] for r in rows}
+    cpu: dict[str, list[float]] = {r[0]: [] for r in rows}
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for name, net, amp, _, _ in rows:
+                with autocast("cpu", amp_dtype("cpu", amp)):
+                    t, c = time.perf_counter(), time.process_time()
+                    net(x)
+                    if rep:  # repeat 0 is the warm-up (allocations, first-run setup)
+                        wall[name].append(time.perf_counter() - t)
+                        cpu[name].append(time.process_time() - c)
+    return {n: (statistics.median(wall[n]), min(wall[n]), statistics.median(cpu[n])) for n in wall}
+
+
+def time_case(net, data: np.ndarray, patch, amp: str, mirror: bool) -> tuple[float, np.ndarray]:
+    settings = SlidingWindowSettings(patch_size=patch, step=0.5, mirror=mirror, device="cpu", amp=amp)
+    t = time.perf_counter()
+    probs = predict_sliding_window([net], data, NUM_CLASSES, settings)
+    return time.perf_counter() - t, probs.argmax(0).numpy()
+
+
+def dice_mean(a: np.ndarray, b: np.ndarray) -> float:
+    out = []
+    for k in range(1, NUM_CLASSES):
+        fa, fb = a == k, b == k
+        s = fa.sum() + fb.sum()
+        out.append(1.0 if s == 0 else 2.0 * (fa & fb).sum() / s)
+    return float(np.mean(out))
+
+
+def large_windows(args) -> tuple[list[int], int]:
+    shape = [int(round(n * s / t)) for n, s, t in zip(args.large, args.large_spacing, args.spacing)]
+    return shape, len(window_grid(shape, args.patch, 0.5)[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
+    p.add_argument("--spacing", type=float, nargs=3, default=[3.278, 1.416, 1.416], help="plan spacing z y x (mm)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--case-shape", type=int, nargs=3, default=[48, 96, 96], help="small preprocessed case z y x")
+    p.add_argument("--large", type=int, nargs=3, default=[300, 512, 512], help="large CT z y x (voxels)")
+    p.add_argument("--large-spacing", type=float, nargs=3, default=[1.0, 0.8, 0.8])
+    p.add_argument("--runtimes", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime", "openvino"])
+    p.add_argument("--tta-case", action="store_true", help="also run the small case with mirroring TTA (8x the time)")
+    p.add_argument("--bf16-emulated", action="store_true", help="measure torch bf16 even without native bf16")
+    args = p.parse_args()
+
+    print(f"CPU: {cpu_line()}\n{versions()}\nload average at start: {os.getloadavg()}")
+    topo, patch, _ = make_topology(args.spacing, args.patch)
+    torch.manual_seed(0)
+    net = build_network("unet", topo, 1, NUM_CLASSES, deep_supervision=False).eval()
+    print(f"network: plain U-Net {topo.features_per_stage}, patch {patch}, random weights (seed 0)")
+    data = synthetic_input(args.case_shape, args.spacing)
+    x = torch.from_numpy(data[:, :patch[0], :patch[1], :patch[2]].copy())[None]
+    n_small = len(window_grid(args.case_shape, patch, 0.5)[1])
+    large_shape, n_large = large_windows(args)
+    print(f"small case {args.case_shape}: {n_small} windows; large CT {args.large} at {args.large_spacing} mm -> "
+          f"{large_shape} at the plan spacing: {n_large} windows")
+
+    built = build_runtimes(net, patch, args.runtimes, args.bf16_emulated)
+    overhead = time_case(NullNetwork(), data, patch, "off", mirror=False)[0] / n_small
+    print(f"sliding-window overhead without a network: {overhead:.3f} s per window")
+    forwards = time_forwards(built, x, args.repeats)
+    rows, reference = [], None
+    for name, runner, amp, load_s, note in built:
+        fwd, fwd_min, fwd_cpu = forwards[name]
+        case_s, mask = time_case(runner, data, patch, amp, mirror=False)
+        reference = mask if reference is None else reference
+        tta_s = time_case(runner, data, patch, amp, mirror=True)[0] if args.tta_case else float("nan")
+        rows.append(dict(name=name, note=note, load=load_s, fwd=fwd, fwd_min=fwd_min, fwd_cpu=fwd_cpu, case=case_s, tta=tta_s,
+                         dice=dice_mean(mask, reference), large=n_large * (fwd + overhead),
+                         large_tta=n_large * (8 * fwd + overhead)))
+        print(f"  {name}: forward {fwd:.3f} s (min {fwd_min:.3f}, CPU {fwd_cpu:.3f}), small case {case_s:.1f} s"
+              f"{f', with TTA {tta_s:.1f} s' if args.tta_case else ''}, Dice {rows[-1]['dice']:.4f}", flush=True)
+    base = next((r for r in rows if r["name"] == "torch-fp32"), rows[0])
+    print(f"\nload average at end: {os.getloadavg()}\n")
+    print("| runtime | load s | forward s: median (min) | forward CPU s | small case s, no TTA | small case s, TTA | "
+          "Dice vs torch fp32 | 512 case s, no TTA (extrapolated) | 512 case s, TTA (extrapolated) | vs torch fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        label = r["name"] + (f" ({r['note']})" if r["note"] else "")
+        tta = f"{r['tta']:.1f}" if r["tta"] == r["tta"] else "-"
+        print(f"| {label} | {r['load']:.1f} | {r['fwd']:.3f} ({r['fwd_min']:.3f}) | {r['fwd_cpu']:.2f} | {r['case']:.1f} | {tta} | "
+              f"{r['dice']:.4f} | {r['large']:.0f} | {r['large_tta']:.0f} | {r['large_tta'] / base['large_tta']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,6 +103,7 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
     with pytest.raises(AutosegError, match="install a runtime"):
         runtimes.choose_runtime("auto", "cpu", onnx_model=True)
     monkeypatch.setattr(runtimes, "is_installed", lambda r: True)
+    monkeypatch.setattr(runtimes, "can_export_onnx", lambda: True)
     assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == runtimes.FASTEST_CPU_RUNTIME
     assert runtimes.choose_runtime("auto", "cuda", onnx_model=False) == "torch"
     with pytest.raises(AutosegError, match="--device cpu"):

@@ -105,7 +105,8 @@ def export_network(net: nn.Module, num_input_channels: int, patch_size: Sequence
         except Exception as e:  # try the next exporter; report all if none works
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
             log.debug("ONNX export with %s failed", name, exc_info=e)
-    raise AutosegError("cannot export the network to ONNX (" + "; ".join(errors) + "); export with the default torch format")
+    raise AutosegError("cannot export the network to ONNX (" + "; ".join(errors) + "); the exporter needs the onnx "
+                       "package (pip install onnx, or the 'onnx' extra), or use --runtime torch / export_model --format torch")
 
 
 def write_onnx(net: nn.Module, num_input_channels: int, num_classes: int, patch_size: Sequence[int], folder: Path,

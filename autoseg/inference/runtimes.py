@@ -47,6 +47,11 @@ def is_installed(runtime: str) -> bool:
     return runtime == "torch" or (runtime in _PACKAGES and importlib.util.find_spec(_PACKAGES[runtime]) is not None)
 
 
+def can_export_onnx() -> bool:
+    """The exporter needs the ``onnx`` package (checkpoints are exported in memory for non-torch runtimes)."""
+    return importlib.util.find_spec("onnx") is not None
+
+
 def is_onnx_model(model: TrainedModel) -> bool:
     return any(Path(f.checkpoint).suffix == ".onnx" for f in model.folds)
 
@@ -57,7 +62,8 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
         raise AutosegError(f"--runtime {requested}: choose one of {', '.join(RUNTIMES)}")
     if requested == "auto":
         if not onnx_model:
-            return FASTEST_CPU_RUNTIME if device == "cpu" and is_installed(FASTEST_CPU_RUNTIME) else "torch"
+            usable = device == "cpu" and is_installed(FASTEST_CPU_RUNTIME) and can_export_onnx()
+            return FASTEST_CPU_RUNTIME if usable else "torch"
         found = [r for r in ONNX_RUNTIMES if is_installed(r)]
         if not found:
             raise AutosegError("this model is ONNX (export_model --format onnx); install a runtime for it: "

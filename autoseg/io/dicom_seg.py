@@ -206,6 +206,7 @@ def write_dicom_seg(mask_zyx: np.ndarray, geometry: Geometry, series_folder: Pat
     order = np.argsort(index)
     frames = lut[mask_zyx[np.asarray(index)[order]]]
     sources = [datasets[i] for i in order]
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines narrate every copied module
     with warnings.catch_warnings():  # single-component patient names ("JANCT000") are common and harmless here
         warnings.filterwarnings("ignore", message=".*person name.*")
         seg = hd.seg.Segmentation(

@@ -71,7 +71,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                    help="JSON of DICOM SEG codes per label name (docs/deploy.md); default: dataset.json's 'segment_codes', "
                         "then built-in liver / liver tumour codes")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="engine for the network (default auto: torch for checkpoints, onnxruntime/openvino for an ONNX model)")
+                   help="engine for the network (default auto: OpenVINO on the CPU when installed, else torch; "
+                        "an ONNX model: openvino, else onnxruntime). docs/deploy.md has the measured times")
 
 
 def run_predict(a: argparse.Namespace) -> int:
@@ -79,8 +80,8 @@ def run_predict(a: argparse.Namespace) -> int:
     from autoseg.inference.ensemble import predict_ensemble
     from autoseg.inference.model import TrainedModel, default_configurations, extract_model
     from autoseg.inference.predictor import PredictOptions, PredictSummary, predict_cases, resolve_device
-
     from autoseg.inference import seg_output
+
     if a.weights and a.ensemble != "weighted":
         raise AutosegError("--weights needs --ensemble weighted")
     formats = seg_output.check_formats(a.output_format)

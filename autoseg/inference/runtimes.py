@@ -24,15 +24,17 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from autoseg.errors import AutosegError
-from autoseg.inference.model import TrainedModel
 from autoseg.inference.onnx_export import INPUT_NAME, export_network
+
+if TYPE_CHECKING:  # only its folds, channels and patch size are used
+    from autoseg.inference.model import TrainedModel
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 ONNX_RUNTIMES = ("openvino", "onnxruntime")  # auto's order for an ONNX model: fastest measured first
@@ -52,7 +54,7 @@ def can_export_onnx() -> bool:
     return importlib.util.find_spec("onnx") is not None
 
 
-def is_onnx_model(model: TrainedModel) -> bool:
+def is_onnx_model(model: "TrainedModel") -> bool:
     return any(Path(f.checkpoint).suffix == ".onnx" for f in model.folds)
 
 
@@ -145,7 +147,7 @@ def wrap_networks(networks: Sequence[nn.Module], runtime: str, in_channels: int,
     return [load(export_network(net, in_channels, patch_size)[0]) for net in networks]
 
 
-def load_networks(model: TrainedModel, device: str, runtime: str = "auto", amp: str = "auto") -> list[nn.Module]:
+def load_networks(model: "TrainedModel", device: str, runtime: str = "auto", amp: str = "auto") -> list[nn.Module]:
     """One network per fold of ``model`` on ``runtime`` (``auto``: see :func:`choose_runtime`)."""
     onnx_model = is_onnx_model(model)
     chosen = choose_runtime(runtime, device, onnx_model)

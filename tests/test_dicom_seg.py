@@ -145,3 +145,18 @@ def test_seg_off_the_grid_is_refused(tmp_path):
     shifted = Geometry([3, 8, 8], [2.0, 1.0, 1.0], [0.0, 0.0, 1.0], geom.direction)  # half a slice off
     with pytest.raises(AutosegError, match="does not lie on the image grid"):
         read_dicom_seg(seg_file, shifted, LABELS)
+
+
+def test_segment_codes_file_travels_in_the_model_zip(nearest_model, tmp_path):
+    geom = Geometry([4, 16, 16], [2.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    write_dicom_series(tmp_path / "in" / "s", ct_like(geom.shape_zyx, 1), geom)
+    (nearest_model / "Dataset003_Liver" / "segment_codes.json").write_text(json.dumps(
+        {"liver": {"category": ["91723000", "SCT", "Anatomical Structure"], "type": ["39607008", "SCT", "Lung"]}}))
+    z = tmp_path / "m.zip"
+    assert main(["export_model", "-o", str(z)]) == 0
+    shutil.rmtree(nearest_model / "Dataset003_Liver")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(z), "-i", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--no-tta",
+                 "--runtime", "torch", "--output-format", "dicom-seg"]) == 0
+    seg = hd.seg.segread(str(out / "s.dcm"))
+    assert seg.get_segment_description(1).segmented_property_type.value == "39607008"

@@ -68,8 +68,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                    help="nifti (default: the input's ending, .nii.gz for DICOM) and/or dicom-seg (<case>.dcm, a DICOM "
                         "Segmentation of a DICOM series input, needs highdicom: pip install 'autoseg[dicom]')")
     p.add_argument("--segment-codes", default=None,
-                   help="JSON of DICOM SEG codes per label name (docs/deploy.md); default: dataset.json's 'segment_codes', "
-                        "then built-in liver / liver tumour codes")
+                   help="JSON of DICOM SEG codes per label name (docs/deploy.md); default: the model's segment_codes.json, "
+                        "dataset.json's 'segment_codes', then built-in liver / liver tumour codes")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                    help="engine for the network (default auto: OpenVINO on the CPU when installed, else torch; "
                         "an ONNX model: openvino, else onnxruntime). docs/deploy.md has the measured times")
@@ -99,7 +99,7 @@ def run_predict(a: argparse.Namespace) -> int:
         confs = [a.configuration] if a.configuration else default_configurations(dataset_dir)
         model = TrainedModel(dataset_dir, confs[0], _folds(a.folds), a.checkpoint)
         cases, problems = discover_cases(a.input, model.num_image_channels)
-        codes = seg_output.segment_codes_for(model.folder / "dataset.json", a.segment_codes) if "dicom-seg" in formats else {}
+        codes = seg_output.segment_codes_for(dataset_dir, confs[0], a.segment_codes) if "dicom-seg" in formats else {}
         cases, seg_done = seg_output.skip_done(cases, Path(a.output), formats, a.overwrite)
         tta = "mirroring TTA" if options.mirror else "no TTA"
         if len(confs) > 1:

@@ -214,6 +214,7 @@ def export_model(dataset: str, out_zip: Path | str, configurations: Sequence[str
     tmp = out_zip.with_name(f".{out_zip.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         _add(zf, ddir / BEST_FILE, f"{dataset}/{BEST_FILE}")
+        _add(zf, ddir / "segment_codes.json", f"{dataset}/segment_codes.json")  # DICOM SEG codes (inference/seg_output.py)
         if len(members) > 1:
             rules = ensemble_rules_file(ddir, members)
             _add(zf, rules, rules.relative_to(ddir.parent).as_posix())

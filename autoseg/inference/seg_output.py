@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from autoseg import __version__
+from autoseg import __version__, paths
 from autoseg.errors import AutosegError
 from autoseg.inference.inputs import InputCase
 from autoseg.io.dicom_seg import AlgorithmInfo, SegmentCode, load_segment_codes, parse_segment_codes, write_dicom_seg
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 SEG_SUFFIX = ".dcm"
+CODES_FILE = "segment_codes.json"
 
 
 def seg_path(out_dir: Path, case: InputCase) -> Path:
@@ -40,13 +41,18 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def segment_codes_for(dataset_json: Path, codes_file: str | None) -> dict[str, SegmentCode]:
-    """User codes: ``--segment-codes FILE`` if given, else dataset.json's ``"segment_codes"``, else none."""
+def segment_codes_for(dataset_dir: Path, configuration: str, codes_file: str | None) -> dict[str, SegmentCode]:
+    """User codes, first found of: ``--segment-codes FILE``; the model's ``<Dataset>/segment_codes.json``
+    (packed by ``export_model``); a ``"segment_codes"`` key in the configuration's or the raw
+    dataset's dataset.json. None found: {} (built-in codes apply)."""
     if codes_file:
         return load_segment_codes(codes_file)
-    data = load_json(dataset_json) if Path(dataset_json).is_file() else {}
-    if isinstance(data, dict) and "segment_codes" in data:
-        return parse_segment_codes(data["segment_codes"], str(dataset_json))
+    if (Path(dataset_dir) / CODES_FILE).is_file():
+        return load_segment_codes(Path(dataset_dir) / CODES_FILE)
+    for dj in (Path(dataset_dir) / configuration / "dataset.json", paths.raw_dataset_dir(Path(dataset_dir).name) / "dataset.json"):
+        data = load_json(dj) if dj.is_file() else {}
+        if isinstance(data, dict) and "segment_codes" in data:
+            return parse_segment_codes(data["segment_codes"], str(dj))
     return {}
 
 

@@ -14,8 +14,8 @@ frames' plane positions; segment labels map to label values by name (case-insens
 ``tumour`` = ``tumor``), else by segment number.
 
 Codes: :data:`DEFAULT_CODES` covers liver and liver tumour; other datasets give theirs as
-JSON (``predict --segment-codes FILE`` or a ``"segment_codes"`` key in the model's
-dataset.json)::
+JSON (``predict --segment-codes FILE``, ``<results>/<Dataset>/segment_codes.json``, or a
+``"segment_codes"`` key in dataset.json; see :mod:`autoseg.inference.seg_output`)::
 
     {"spleen": {"category": ["91723000", "SCT", "Anatomical Structure"],
                 "type": ["78961009", "SCT", "Spleen"]}}

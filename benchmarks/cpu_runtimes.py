@@ -3,7 +3,8 @@
 Usage, from the repo root::
 
     python benchmarks/cpu_runtimes.py [--patch 32 64 64] [--spacing 3.278 1.416 1.416] [--repeats 5] \
-        [--case-shape 48 96 96] [--large 300 512 512 --large-spacing 1.0 0.8 0.8] [--tta-case] [--bf16-emulated]
+        [--case-shape 48 96 96] [--large 300 512 512 --large-spacing 1.0 0.8 0.8] [--tta-case] [--bf16-emulated] \
+        [--whole-large] [--runtimes torch-fp32 torch-bf16 onnxruntime openvino]
 
 What it measures, per runtime, in this process (threads = ``torch.get_num_threads()`` for all):
 
@@ -19,7 +20,8 @@ What it measures, per runtime, in this process (threads = ``torch.get_num_thread
 * ``512 case s (extrapolated)``: the large CT's sliding-window time, **extrapolated** as
   windows x (passes x median forward + per-window overhead), the overhead measured by running
   the small case's sliding window with a network that returns zeros;
-  windows from the plan's spacing and patch (step 0.5) exactly as ``predict`` lays them out.
+  windows from the plan's spacing and patch (step 0.5) exactly as ``predict`` lays them out;
+  ``--whole-large`` also runs it whole without TTA (a synthetic CT at the plan's spacing), to check.
 
 The network is the plan-sized plain U-Net for ``--patch``/``--spacing`` (``make_topology``: 32
 x 64 x 64 at 3.278 x 1.416 x 1.416 mm gives the 5-stage 32..320 U-Net of docs/benchmarks.md's
@@ -176,6 +178,8 @@ def main() -> int:
     p.add_argument("--runtimes", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime", "openvino"])
     p.add_argument("--tta-case", action="store_true", help="also run the small case with mirroring TTA (8x the time)")
     p.add_argument("--bf16-emulated", action="store_true", help="measure torch bf16 even without native bf16")
+    p.add_argument("--whole-large", action="store_true",
+                   help="also run the large CT's whole sliding window (no TTA) for each runtime: measured, not extrapolated")
     args = p.parse_args()
 
     print(f"CPU: {cpu_line()}\n{versions()}\nload average at start: {os.getloadavg()}")
@@ -205,6 +209,12 @@ def main() -> int:
                          large_tta=n_large * (8 * fwd + overhead)))
         print(f"  {name}: forward {fwd:.3f} s (min {fwd_min:.3f}, CPU {fwd_cpu:.3f}), small case {case_s:.1f} s"
               f"{f', with TTA {tta_s:.1f} s' if args.tta_case else ''}, Dice {rows[-1]['dice']:.4f}", flush=True)
+    if args.whole_large:
+        large = synthetic_input(large_shape, args.spacing, seed=1)
+        for r, (name, runner, amp, _, _) in zip(rows, built):
+            t = time_case(runner, large, patch, amp, mirror=False)[0]
+            print(f"  {name}: whole 512 case {large_shape}, no TTA: {t:.0f} s measured vs {r['large']:.0f} s extrapolated",
+                  flush=True)
     base = next((r for r in rows if r["name"] == "torch-fp32"), rows[0])
     print(f"\nload average at end: {os.getloadavg()}\n")
     print("| runtime | load s | forward s: median (min) | forward CPU s | small case s, no TTA | small case s, TTA | "

@@ -160,3 +160,11 @@ def test_segment_codes_file_travels_in_the_model_zip(nearest_model, tmp_path):
                  "--runtime", "torch", "--output-format", "dicom-seg"]) == 0
     seg = hd.seg.segread(str(out / "s.dcm"))
     assert seg.get_segment_description(1).segmented_property_type.value == "39607008"
+
+
+def test_empty_mask_still_makes_a_valid_seg(tmp_path):
+    geom = Geometry([3, 8, 8], [2.0, 1.0, 1.0], [5.0, -3.0, 1.0], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    series = write_dicom_series(tmp_path / "s", np.zeros((3, 8, 8), np.int16), geom)
+    seg_file = write_dicom_seg(np.zeros((3, 8, 8), np.uint8), geom, series, LABELS, tmp_path / "seg.dcm")
+    assert hd.seg.segread(str(seg_file)).NumberOfFrames > 0  # highdicom keeps the (empty) frames
+    assert not read_dicom_seg(seg_file, geom, LABELS).any()

@@ -89,3 +89,18 @@ def test_resolve_dataset_by_name_id_and_path(autoseg_env):
         paths.resolve_dataset("Kidney")
     assert paths.new_dataset_name("Kidney") == "Dataset001_Kidney"
     assert paths.new_dataset_name("Liver") == "Dataset003_Liver"
+
+
+@pytest.mark.parametrize("labels, extra, message", [
+    ({"background": 0, "liver": 1, "tumor": 5}, {}, "not consecutive"),
+    ({"background": 0, "liver": [1, 2], "tumor": 2}, {"regions_class_order": [1, 2]}, "region-based"),
+    ({"background": 0, "liver": 1, "ignore": 2}, {}, "'ignore' label"),
+])
+def test_unsupported_label_definitions_are_one_line(tmp_path, labels, extra, message):
+    import json
+    from autoseg.datasets.layout import load_dataset_info
+    from autoseg.errors import AutosegError
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1,
+                                                       "file_ending": ".nii.gz", **extra}))
+    with pytest.raises(AutosegError, match=message):
+        load_dataset_info(tmp_path)

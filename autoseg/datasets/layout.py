@@ -80,6 +80,7 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise AutosegError(f"{path}: missing key(s) {', '.join(missing)}; add them (see README, raw layout)")
+    _refuse_unsupported_labels(path, data)
     try:
         labels = {str(k): int(v) for k, v in data["labels"].items()}
     except (TypeError, ValueError, AttributeError):
@@ -89,12 +90,28 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
     out_of_range = sorted(v for v in labels.values() if not 0 <= v <= MAX_LABEL)
     if out_of_range:  # preprocessed label maps are stored as int8
         raise AutosegError(f"{path}: label value(s) {out_of_range} outside 0..{MAX_LABEL}; renumber the labels (files and dataset.json)")
+    values = sorted(labels.values())
+    if values != list(range(len(values))):  # classes are label values: a gap would index past the network's outputs
+        raise AutosegError(f"{path}: label values {values} are not consecutive from 0; renumber them 0..{len(values) - 1} "
+                           f"in dataset.json and in the label files (autoseg does not remap label values yet)")
     if not isinstance(data["channel_names"], dict) or not data["channel_names"]:
         raise AutosegError(f"{path}: 'channel_names' must be a non-empty object like {{\"0\": \"CT\"}}")
     return DatasetInfo(name=str(data.get("name", Path(folder).name)), channel_names={str(k): str(v) for k, v in data["channel_names"].items()},
                        labels=labels, numTraining=int(data["numTraining"]), file_ending=str(data["file_ending"]),
                        description=str(data.get("description", "")), intensity_kind=str(data.get("intensity_kind", "")),
                        dataset=data.get("dataset"))
+
+
+def _refuse_unsupported_labels(path: Path, data: dict) -> None:
+    """nnU-Net's region-based labels and its ``ignore`` label are not supported yet: one clear line,
+    never a dataset trained as something it is not."""
+    labels = data["labels"] if isinstance(data.get("labels"), dict) else {}
+    if "regions_class_order" in data or any(isinstance(v, (list, tuple)) for v in labels.values()):
+        raise AutosegError(f"{path}: region-based labels (list values, regions_class_order) are not supported by autoseg yet; "
+                           f"give each label one integer value")
+    if "ignore" in labels:
+        raise AutosegError(f"{path}: the 'ignore' label is not supported by autoseg yet (it would be trained as a class); "
+                           f"remove it and the voxels marked with it, or label them")
 
 
 def save_dataset_info(info: DatasetInfo, folder: Path) -> None:

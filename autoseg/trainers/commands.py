@@ -55,7 +55,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="share of patches centred on a foreground voxel (default 0.33, nnU-Net's)")
     p.add_argument("--rare-class-bias", type=float, default=None,
                    help="share of foreground-centred patches put on the rarest class, e.g. the tumour "
-                        "(default 0.5 for 3d_roi_fullres, else 0: nnU-Net's uniform choice)")
+                        "(default 0.5 for 3d_roi_fullres and --target cpu plans, else 0: nnU-Net's uniform choice)")
     p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 1e-2 (sgd) / 3e-4 (adam)")
@@ -132,6 +132,12 @@ def budget_settings(a: argparse.Namespace) -> dict:
                 time_budget_s=budget, budget_sets=sets)
 
 
+def default_rare_class_bias(data: TrainingData) -> float:
+    """0.5 for the two-stage model's stage 2 and for CPU-sized plans (short schedules must meet the
+    small lesions often), else 0 (nnU-Net's uniform choice among the classes present)."""
+    return 0.5 if data.config.is_roi or getattr(data.plans, "target", "gpu") == "cpu" else 0.0
+
+
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
     return TrainingConfig(
@@ -141,7 +147,7 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
-        rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else (0.5 if data.config.is_roi else 0.0),
+        rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else default_rare_class_bias(data),
         oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None else 0.33)
 
 

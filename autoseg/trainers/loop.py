@@ -345,7 +345,7 @@ def train_fold(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Path
     """Train one fold into ``out_dir`` (``training.json``, ``checkpoint_final.pth`` at the end); returns the network."""
     clock0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if dist_utils.context().is_main:
+    if dist_utils.context(cfg.device).is_main:
         remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
     state = build_state(cfg, config, out_dir)
     resume(state, restart)

@@ -54,3 +54,13 @@ def write_blob_dataset(folder: Path, n: int = 4, shape=(12, 24, 24), spacing=(2.
     info = DatasetInfo(name=folder.name, channel_names={"0": "CT"}, labels={"background": 0, "liver": 1, "tumor": 2}, numTraining=n)
     save_dataset_info(info, folder)
     return info
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """GDCM's DICOM writer (used by tests that make DICOM series) switches the process to the C
+    locale, after which ``open()`` defaults to ASCII; every test starts and ends in the same locale."""
+    import locale
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

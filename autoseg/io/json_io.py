@@ -179,7 +179,7 @@ def save_json(obj: Any, path: Path | str) -> None:
 def load_json(path: Path | str) -> Any:
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise AutosegError(f"{path}: file not found") from None

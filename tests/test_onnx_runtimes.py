@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from autoseg.io.images import read_image
 from conftest import write_blob_dataset
 
 DATASET = "Dataset003_Liver"
+REPO = Path(__file__).resolve().parents[1]
 FAST = ["--iters-per-epoch", "2", "--val-iters", "1", "--num-workers", "0", "--no-validation"]
 
 
@@ -34,8 +39,13 @@ def trained(autoseg_env, tmp_path):
     return autoseg_env, images
 
 
-def _predict(args, out):
-    assert main(["predict", *args, "-o", str(out), "--device", "cpu", "--save-probabilities", "-np", "1"]) == 0
+def _predict(args, out, in_subprocess: bool = False):
+    cmd = ["predict", *args, "-o", str(out), "--device", "cpu", "--save-probabilities", "-np", "1"]
+    if in_subprocess:  # OpenVINO: kept out of the test process (a later fork-based test crashed after it ran here)
+        r = subprocess.run([sys.executable, "-m", "autoseg", *cmd], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    else:
+        assert main(cmd) == 0
     return {c: (read_image(out / f"{c}.nii.gz", np.uint8)[0], np.load(out / f"{c}_probabilities.npz")["probabilities"])
             for c in ("case_000", "case_001")}
 
@@ -68,10 +78,11 @@ def test_onnx_model_zip_predicts_like_torch(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_runtime_on_checkpoints_matches_torch(trained, tmp_path, runtime):
-    pytest.importorskip(runtime)
+    if importlib.util.find_spec(runtime) is None:
+        pytest.skip(f"{runtime} not installed")
     _, images = trained
     reference = _predict(["-i", str(images), "--runtime", "torch", "--amp", "off", "--no-tta"], tmp_path / "torch")
-    other = _predict(["-i", str(images), "--runtime", runtime, "--no-tta"], tmp_path / runtime)
+    other = _predict(["-i", str(images), "--runtime", runtime, "--no-tta"], tmp_path / runtime, runtime == "openvino")
     # OpenVINO computes in bfloat16 on CPUs with native bf16: probabilities agree to bf16 precision
     _same(reference, other, atol=2e-3 if runtime == "onnxruntime" else 3e-2)
 
@@ -104,7 +115,7 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
         runtimes.choose_runtime("auto", "cpu", onnx_model=True)
     monkeypatch.setattr(runtimes, "is_installed", lambda r: True)
     monkeypatch.setattr(runtimes, "can_export_onnx", lambda: True)
-    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == runtimes.FASTEST_CPU_RUNTIME
-    assert runtimes.choose_runtime("auto", "cuda", onnx_model=False) == "torch"
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"  # optional runtimes are opt-in
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "onnxruntime"
     with pytest.raises(AutosegError, match="--device cpu"):
         runtimes.choose_runtime("openvino", "cuda", onnx_model=False)

@@ -13,9 +13,10 @@ ONNX Runtime and OpenVINO are optional packages, imported only when chosen. For 
 (checkpoints) they run an ONNX export made in memory at load time (:mod:`onnx_export`); a model
 exported with ``export_model --format onnx`` has no checkpoints and needs one of them.
 
-``auto`` picks: on the CPU, OpenVINO when it is installed (measured fastest, masks agreeing:
-docs/benchmarks.md, "CPU runtimes"), else torch; torch on any other device; for an ONNX model
-the first installed of openvino, onnxruntime. Prediction never needs the optional packages.
+``auto`` picks torch for checkpoints, and for an ONNX model the first installed of onnxruntime,
+openvino. OpenVINO is the fastest measured on CPUs (docs/benchmarks.md, "CPU runtimes",
+masks agreeing) but opt-in, see :data:`FASTEST_CPU_RUNTIME`. Prediction never needs the
+optional packages.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ if TYPE_CHECKING:  # only its folds, channels and patch size are used
     from autoseg.inference.model import TrainedModel
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-ONNX_RUNTIMES = ("openvino", "onnxruntime")  # auto's order for an ONNX model: fastest measured first
+ONNX_RUNTIMES = ("onnxruntime", "openvino")  # auto's order for an ONNX model (OpenVINO: see FASTEST_CPU_RUNTIME)
 # docs/benchmarks.md "CPU runtimes": OpenVINO took 0.2-0.55x PyTorch float32's forward time on a
-# 2-core AVX2 CPU with Dice >= 0.999 against it; ONNX Runtime 0.4-0.9x. auto uses it when installed.
+# 2-core AVX2 CPU with Dice >= 0.999 against it; ONNX Runtime 0.4-0.9x. Not auto's choice for
+# checkpoints (yet): with OpenVINO run in the test process, two full test-suite runs segfaulted
+# later in fork-based tests (none with it blocked), so it stays opt-in until that is understood.
 FASTEST_CPU_RUNTIME = "openvino"
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
@@ -64,8 +67,7 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
         raise AutosegError(f"--runtime {requested}: choose one of {', '.join(RUNTIMES)}")
     if requested == "auto":
         if not onnx_model:
-            usable = device == "cpu" and is_installed(FASTEST_CPU_RUNTIME) and can_export_onnx()
-            return FASTEST_CPU_RUNTIME if usable else "torch"
+            return "torch"
         found = [r for r in ONNX_RUNTIMES if is_installed(r)]
         if not found:
             raise AutosegError("this model is ONNX (export_model --format onnx); install a runtime for it: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import time
 from pathlib import Path
 
@@ -12,7 +13,19 @@ from autoseg.io.images import Geometry
 
 
 def write_dicom_series(folder: Path, image_zyx: np.ndarray, geometry: Geometry, reverse_files: bool = False) -> Path:
-    """One int16 CT series, one file per z slice. ``reverse_files``: file 0 / instance 1 is the last z slice."""
+    """One int16 CT series, one file per z slice. ``reverse_files``: file 0 / instance 1 is the last z slice.
+
+    GDCM's writer sets the process locale to "C" (LC_CTYPE included, so later text decoding
+    of subprocess output and files falls back to ASCII); the locale is restored afterwards.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write(folder, image_zyx, geometry, reverse_files)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write(folder: Path, image_zyx: np.ndarray, geometry: Geometry, reverse_files: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     img = geometry.apply_to(sitk.GetImageFromArray(image_zyx.astype(np.int16)))
     d = np.asarray(geometry.direction).reshape(3, 3)

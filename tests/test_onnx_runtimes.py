@@ -114,6 +114,10 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
     with pytest.raises(AutosegError, match="install a runtime"):
         runtimes.choose_runtime("auto", "cpu", onnx_model=True)
     monkeypatch.setattr(runtimes, "is_installed", lambda r: True)
+    monkeypatch.setattr(runtimes, "can_export_onnx", lambda: False)
+    with pytest.raises(AutosegError, match="pip install onnx"):
+        runtimes.choose_runtime("onnxruntime", "cpu", onnx_model=False)
+    assert runtimes.choose_runtime("onnxruntime", "cpu", onnx_model=True) == "onnxruntime"  # no export needed
     monkeypatch.setattr(runtimes, "can_export_onnx", lambda: True)
     assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"  # optional runtimes are opt-in
     assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "onnxruntime"

@@ -82,6 +82,9 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
                                f"pip install {_PACKAGES[requested]} or use --runtime torch")
         if device != "cpu":
             raise AutosegError(f"--runtime {requested} runs on the CPU; add --device cpu or use --runtime torch")
+        if not onnx_model and not can_export_onnx():
+            raise AutosegError(f"--runtime {requested}: checkpoints are exported to ONNX first, which needs the onnx "
+                               f"package; pip install onnx or use --runtime torch")
     return requested
 
 

@@ -79,10 +79,10 @@ class ConfigurationPlan:
     normalization: list[ChannelNormalization]
     resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
     estimated_vram_gb: float = 0.0
-    expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
-    train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
     previous_stage: str | None = None  # cascade: the configuration whose predictions feed this one
     next_stage: str | None = None
+    expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
+    train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
 
     @property
     def dim(self) -> int:

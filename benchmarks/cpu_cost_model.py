@@ -6,10 +6,11 @@ loader process (the trainer's default worker count), Dice+CE with deep supervisi
 gradient clipping, autocast as ``--amp auto`` picks it. The batches come from a fixed random
 volume with blob labels (no disk reads). Then it fits
 
-    seconds/iteration = S_PER_GFLOP x GFLOP/iteration + S_OVERHEAD
+    seconds/iteration = S_PER_GFLOP x GFLOP/iteration + S_PER_MVOX x Mvoxels/iteration + S_OVERHEAD
 
-(GFLOP from :func:`autoseg.planners.cost_model.train_gflop`, batch included) by least squares and
-prints each topology's measured and predicted s/iteration. Copy the two constants into
+(GFLOP from :func:`autoseg.planners.cost_model.train_gflop`, Mvoxels = batch x patch voxels / 1e6)
+by least squares (and, for comparison, the FLOPs-only line) and
+prints each topology's measured and predicted s/iteration. Copy the constants into
 ``autoseg/planners/cost_model.py``. Takes ~3 min on 2 cores; run it nice'd, on an idle machine:
 
     nice -n 10 python3 benchmarks/cpu_cost_model.py            # all topologies
@@ -54,6 +55,7 @@ TOPOLOGIES = [
     ("3d 32x32x32 f32", [2.0, 2.0, 2.0], [32, 32, 32], 32, 2),
     ("2d 192x192 f8 b4", [2.0, 2.0], [192, 192], 8, 4),
     ("2d 128x128 f16 b8", [2.0, 2.0], [128, 128], 16, 8),
+    ("3d 32x96x96 f8", [4.4, 2.62, 2.62], [32, 96, 96], 8, 2),  # the demo's plan with the FLOPs-only model
 ]
 
 class RandomBlobBatches:
@@ -133,12 +135,23 @@ def time_topology(spacing, patch, base, batch, iters: int, warmup: int = 2) -> t
     return float(np.median(times)), cpu, batch * cost_model.train_gflop(topo, patch, 1, NUM_CLASSES), patch
 
 
-def _fit(g: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    """Least-squares (slope s/GFLOP, intercept s) of s = slope * g + intercept; intercept kept >= 0."""
-    slope, intercept = np.polyfit(g, s, 1)
-    if intercept < 0:
-        slope, intercept = float((g @ s) / (g @ g)), 0.0
-    return float(slope), float(intercept)
+def _fit(columns: list[np.ndarray], s: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients of s = sum(coef x column)."""
+    return np.linalg.lstsq(np.stack(columns, 1), s, rcond=None)[0]
+
+
+def _report(label: str, names: list[str], g: np.ndarray, v: np.ndarray, s: np.ndarray, with_voxels: bool) -> None:
+    """Fit s = a GFLOP (+ b Mvox) + c and print measured against predicted per topology."""
+    columns, terms = [g, np.ones_like(g)], ["s/GFLOP x GFLOP/it", "s"]
+    if with_voxels:
+        columns.insert(1, v)
+        terms.insert(1, "s/Mvox x Mvox/it")
+    coef = _fit(columns, s)
+    pred = np.stack(columns, 1) @ coef
+    print(f"\n{label}: s/it = " + " + ".join(f"{c:.4f} {t}" for c, t in zip(coef, terms)))
+    print(f"  {'topology':<20}{'GFLOP/it':>10}{'Mvox/it':>9}{'measured':>10}{'predicted':>11}{'error':>8}")
+    for name, gi, vi, si, p in zip(names, g, v, s, pred):
+        print(f"  {name:<20}{gi:>10.1f}{vi:>9.3f}{si:>10.2f}{p:>11.2f}{(p / si - 1) * 100:>7.0f}%")
 
 
 def main() -> None:
@@ -151,20 +164,18 @@ def main() -> None:
     t_start = time.time()
     for name, sp, patch, base, batch in TOPOLOGIES:
         wall, cpu, g, padded = time_topology(sp, patch, base, batch, a.iters)
-        rows.append((name, g, wall, cpu))
+        rows.append((name, g, batch * float(np.prod(padded)) / 1e6, wall, cpu))
         print(f"  {name:<20} patch {padded}, batch {batch}: {g:6.1f} GFLOP/it, wall {wall:6.2f} s/it, "
               f"CPU/cores {cpu:6.2f} s/it", flush=True)
-    g = np.array([r[1] for r in rows])
-    for label, col in (("CPU time / cores (idle-machine estimate)", 3), ("wall time (as measured, shared machine)", 2)):
+    names = [r[0] for r in rows]
+    g, v = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    for label, col in (("CPU time / cores (idle-machine estimate)", 4), ("wall time (as measured, shared machine)", 3)):
         s = np.array([r[col] for r in rows])
-        slope, intercept = _fit(g, s)
-        print(f"\n{label}: s/it = {slope:.5f} s/GFLOP x GFLOP/it + {intercept:.3f} s")
-        print(f"  {'topology':<20}{'GFLOP/it':>10}{'measured':>10}{'predicted':>11}{'error':>8}")
-        for r, si in zip(rows, s):
-            p = slope * r[1] + intercept
-            print(f"  {r[0]:<20}{r[1]:>10.1f}{si:>10.2f}{p:>11.2f}{(p / si - 1) * 100:>7.0f}%")
+        _report(label + ", FLOPs only", names, g, v, s, False)
+        _report(label, names, g, v, s, True)
     print(f"\n{time.time() - t_start:.0f} s in all; load average after: {os.getloadavg()[0]:.2f}")
-    print(f"planner constants now: S_PER_GFLOP = {cost_model.S_PER_GFLOP}, S_OVERHEAD = {cost_model.S_OVERHEAD}")
+    print(f"planner constants now: S_PER_GFLOP = {cost_model.S_PER_GFLOP}, S_PER_MVOX = {cost_model.S_PER_MVOX}, "
+          f"S_OVERHEAD = {cost_model.S_OVERHEAD}")
 
 
 if __name__ == "__main__":

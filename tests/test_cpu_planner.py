@@ -1,6 +1,7 @@
 """The CPU cost model (FLOPs of the planned U-Net) and the ``--target cpu`` planning rule.
 
-The planner's constants are set here to round values (``_constants``), so the hand-worked
+The planner's constants are set here to round values (``_constants``; the voxel term is off unless a test
+sets it), so the hand-worked
 numbers below do not move when ``benchmarks/cpu_cost_model.py`` is re-run on another machine.
 """
 
@@ -20,8 +21,9 @@ from autoseg.planners.topology import make_topology
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
 
 
-def _constants(monkeypatch, s_per_gflop, overhead):
+def _constants(monkeypatch, s_per_gflop, overhead, s_per_mvox=0.0):
     monkeypatch.setattr(C, "S_PER_GFLOP", s_per_gflop)
+    monkeypatch.setattr(C, "S_PER_MVOX", s_per_mvox)
     monkeypatch.setattr(C, "S_OVERHEAD", overhead)
 
 
@@ -61,6 +63,14 @@ def test_forward_flops_hand_worked_2d():
     assert C.forward_flops(topo, [16, 16], 1, 3) == 1736704
     assert C.train_gflop(topo, [16, 16], 1, 3) == pytest.approx(3 * 1736704 / 1e9)
     assert _hooked_macs(topo, [16, 16]) == 868352
+
+
+def test_seconds_per_iteration_adds_flops_voxels_and_overhead(monkeypatch):
+    # the 2D net above at batch 4: 4 x 3 x 1736704 FLOPs = 0.020840448 GFLOP, 4 x 256 voxels = 0.001024 Mvox;
+    # at 1 s/GFLOP, 100 s/Mvox and 0.5 s: 0.020840448 + 0.1024 + 0.5 = 0.623240448 s
+    _constants(monkeypatch, 1.0, 0.5, s_per_mvox=100.0)
+    topo = NetworkTopology(2, [8, 16], [[3, 3], [3, 3]], [[1, 1], [2, 2]], [2, 2], [2])
+    assert C.seconds_per_iteration(topo, [16, 16], 1, 3, 4) == pytest.approx(0.623240448)
 
 
 @pytest.mark.parametrize("spacing,patch,base", [([3.0, 1.0, 1.0], [16, 48, 40], 8), ([1.0, 1.0, 1.0], [16, 16, 16], 16),
@@ -128,7 +138,7 @@ def test_cpu_target_keeps_every_configuration_and_states_its_time(monkeypatch):
     # a LiTS-like fingerprint (0.77 mm in-plane, 1 mm slices, 482x512x512): the GPU planner makes 2d, 3d_fullres,
     # 3d_lowres and the cascade; the CPU rule keeps all four, each predicted at <= 1 s, fullres on a coarser grid
     # than the median spacing and the cascade on fullres' grid and data
-    _constants(monkeypatch, 0.0128, 0.345)
+    _constants(monkeypatch, 0.0130, 0.090, s_per_mvox=1.286)
     info = DatasetInfo("x", {"0": "CT"}, LABELS, 20)
     fp = _fingerprint([1.0, 0.77, 0.77], [482, 512, 512], 20)
     gpu = plan_experiment(info, fp)
@@ -148,7 +158,7 @@ def test_cpu_target_keeps_every_configuration_and_states_its_time(monkeypatch):
 
 
 def test_cpu_plans_round_trip_through_json(tmp_path, monkeypatch):
-    _constants(monkeypatch, 0.0128, 0.345)
+    _constants(monkeypatch, 0.0130, 0.090, s_per_mvox=1.286)
     info = DatasetInfo("x", {"0": "CT"}, LABELS, 8)
     plans = plan_experiment(info, _fingerprint([4.5, 2.6, 2.6], [52, 160, 160], 8), target="cpu")
     plans.save(tmp_path / "plans.json")

@@ -1,4 +1,4 @@
-"""CPU time model of one training iteration: convolution FLOPs of the planned U-Net x seconds per GFLOP.
+"""CPU time model of one training iteration: the planned U-Net's convolution FLOPs and patch voxels.
 
 FLOPs (2 per multiply-add) of the plain U-Net's forward pass for one sample, counted from the
 topology alone (the network is :class:`autoseg.networks.unet.PlainUNet`):
@@ -12,10 +12,13 @@ topology alone (the network is :class:`autoseg.networks.unet.PlainUNet`):
   (every decoder stage with deep supervision, as training runs, else the last one only).
 
 Training (forward + backward) = 3 x forward: the backward pass computes the gradient with
-respect to the input and to the weights, each costing about one forward pass. Normalisation,
-activations, loss and the data pipeline are not counted; they are in the measured constant.
+respect to the input and to the weights, each costing about one forward pass.
 
-Seconds per iteration = ``S_PER_GFLOP x training GFLOPs x batch`` + ``S_OVERHEAD``. The constants
+Seconds per iteration = ``S_PER_GFLOP x GFLOP + S_PER_MVOX x Mvoxels + S_OVERHEAD`` with GFLOP the
+training FLOPs and Mvoxels the patch voxels of the whole batch (millions). The voxel term is the
+work that scales with the data rather than the convolutions: augmentation (a full 3D rotation
+samples a patch ~3x larger), normalisation, activations, the loss. Without it, a 3D patch of
+narrow features is under-predicted by a third (docs/planner.md). The constants
 were fitted by ``benchmarks/cpu_cost_model.py`` (real training iterations with the trainer's
 network, loss, SGD, autocast and background augmentation, 1 loader worker) on the 2-core
 development machine (AMD EPYC, AVX2 only: no native bfloat16, so autocast stays float32), as
@@ -38,13 +41,15 @@ import numpy as np
 
 from autoseg.planners.plans import NetworkTopology
 
-# fitted by benchmarks/cpu_cost_model.py on the 2-core development machine (7 topologies, 12-84 GFLOP/it;
-# errors -26 %..+40 %, see docs/planner.md): CPU time of trainer + loader worker / 2 cores, float32
-S_PER_GFLOP = 0.0128
-S_OVERHEAD = 0.345
+# fitted by benchmarks/cpu_cost_model.py on the 2-core development machine (see docs/planner.md):
+# CPU time of trainer + loader worker / 2 cores, float32
+S_PER_GFLOP = 0.0130
+S_PER_MVOX = 1.286
+S_OVERHEAD = 0.090
 TRAIN_TO_FORWARD = 3.0
 COST_MODEL = ("seconds/iteration = S_PER_GFLOP x batch x 3 x forward conv GFLOPs of the plain U-Net (deep supervision "
-              "heads included) + S_OVERHEAD; constants fitted by benchmarks/cpu_cost_model.py on a 2-core CPU (float32)")
+              "heads included) + S_PER_MVOX x batch x patch voxels / 1e6 + S_OVERHEAD; constants fitted by "
+              "benchmarks/cpu_cost_model.py on a 2-core CPU (float32)")
 
 
 def _stage_voxels(topo: NetworkTopology, patch_size: Sequence[int]) -> list[float]:
@@ -85,8 +90,7 @@ def train_gflop(topo: NetworkTopology, patch_size: Sequence[int], in_channels: i
 
 
 def seconds_per_iteration(topo: NetworkTopology, patch_size: Sequence[int], in_channels: int, num_classes: int,
-                          batch_size: int, s_per_gflop: float | None = None, overhead_s: float | None = None) -> float:
+                          batch_size: int) -> float:
     """Expected seconds of one training iteration on the reference CPU (constants: module doc)."""
-    k = S_PER_GFLOP if s_per_gflop is None else s_per_gflop
-    c = S_OVERHEAD if overhead_s is None else overhead_s
-    return k * batch_size * train_gflop(topo, patch_size, in_channels, num_classes) + c
+    mvox = batch_size * float(np.prod(patch_size, dtype=np.float64)) / 1e6
+    return S_PER_GFLOP * batch_size * train_gflop(topo, patch_size, in_channels, num_classes) + S_PER_MVOX * mvox + S_OVERHEAD

@@ -118,7 +118,7 @@ def plan_cpu_configuration(name: str, spacing: Sequence[float], median_shape: Se
                            batch_dice: bool, in_channels: int = 1) -> ConfigurationPlan:
     """One configuration sized by the CPU cost model (module doc); ``n_voxels_dataset`` at ``spacing``."""
     sp, med, topo, patch = choose_grid(spacing, median_shape, in_channels, num_classes)
-    per_sample = C.S_PER_GFLOP * C.train_gflop(topo, patch, in_channels, num_classes)
+    per_sample = _cost(topo, patch, in_channels, num_classes, 1) - C.S_OVERHEAD
     batch = int((TARGET_S_PER_ITER - C.S_OVERHEAD) // per_sample) if per_sample > 0 else MIN_BATCH_SIZE
     n_vox = n_voxels_dataset * float(np.prod(np.asarray(spacing, dtype=float) / sp))
     cap = round(n_vox * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))

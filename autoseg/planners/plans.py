@@ -86,10 +86,10 @@ class ConfigurationPlan:
     normalization: list[ChannelNormalization]
     resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
     estimated_vram_gb: float = 0.0
-    expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
-    train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
     previous_stage: str | None = None  # cascade / two-stage: the configuration whose predictions feed this one
     next_stage: str | None = None
+    expected_s_per_iter_cpu: float | None = None  # cost model (planners/cost_model.py): one training iteration, 2-core CPU
+    train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
     roi_margin_mm: float | None = None  # two-stage: stage 2 sees only the stage-1 foreground box + this margin
     roi_jitter_mm: float | None = None  # two-stage training: boxes shifted/resized by up to this much per side
 

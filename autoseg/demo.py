@@ -90,7 +90,8 @@ def run_demo(a: argparse.Namespace) -> int:
     plan = ["plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "--target", a.target, "-np", "2"]
     steps: list[tuple[str, list[str]]] = [
         ("plan and preprocess", plan + (["--gpu-memory", str(a.gpu_memory)] if a.target == "gpu" else [])),
-        ("train fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--checkpoint-every", "5"] + _schedule(a)
+        ("train fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--checkpoint-every", "5", "--no-validation"]
+         + _schedule(a)
          + (["--device", a.device] if a.device else [])),
         ("predict test cases", ["predict", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTs"),
                                 "-o", str(out / "predictions"), "--uncertainty", "--overwrite"] + (["--device", a.device] if a.device else [])),

@@ -111,7 +111,7 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     undeclared = [v for v in present if v not in labels]
     if undeclared:
         raise AutosegError(f"{case.label}: label value(s) {undeclared} not declared in dataset.json labels {labels}; declare or remove them")
-    fg_box = _foreground_box(seg)
+    fg_box = foreground_box(seg)
     bbox = nonzero_bbox(data)
     data_c, seg_c = crop(data, bbox), crop(seg[None], bbox)[0]
     fg = seg_c > 0
@@ -129,7 +129,7 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     return fp, samples, ndim
 
 
-def _foreground_box(seg: np.ndarray) -> list[list[int]] | None:
+def foreground_box(seg: np.ndarray) -> list[list[int]] | None:
     """Half-open (Z, Y, X) box of ``seg > 0``; None for a case without foreground."""
     box = []
     for axis in range(seg.ndim):

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from autoseg.fingerprint.fingerprint import foreground_box
 from autoseg.io.images import Geometry
 
 MIN_COMPONENT_FRACTION = 0.1
@@ -56,14 +57,7 @@ def grow_box(box: Box, spacing_zyx: Sequence[float], margin_mm: float, shape_zyx
 
 def mask_box(mask: np.ndarray) -> Box | None:
     """Tightest half-open box around the True voxels of a (Z, Y, X) mask; None when empty."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        box.append([int(nz[0]), int(nz[-1]) + 1])
-    return box
+    return foreground_box(mask)
 
 
 def roi_box(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float,

@@ -123,3 +123,22 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
     assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "onnxruntime"
     with pytest.raises(AutosegError, match="--device cpu"):
         runtimes.choose_runtime("openvino", "cuda", onnx_model=False)
+
+
+def test_runtime_network_falls_back_to_one_sample_for_fixed_batch_models():
+    from autoseg.inference.runtimes import RuntimeNetwork
+
+    calls = []
+
+    def run(x):
+        calls.append(x.shape[0])
+        if x.shape[0] != 1:
+            raise RuntimeError("input batch must be 1")
+        return x * 2
+
+    net = RuntimeNetwork(run, "fixed")
+    x = torch.arange(6, dtype=torch.float32).reshape(3, 1, 2)
+    assert torch.equal(net(x), x * 2)
+    assert calls == [3, 1, 1, 1] and net.fixed_batch
+    net(x)
+    assert calls[4:] == [1, 1, 1]  # refused once: never tried again

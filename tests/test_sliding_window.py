@@ -290,3 +290,37 @@ def test_oom_on_the_cpu_or_twice_is_a_clear_error(monkeypatch, oom_error):
 
     with pytest.raises(RuntimeError, match="not a memory problem"):  # other errors are not retried
         predict_sliding_window([Broken()], data, 3, settings)
+
+
+class RecordingConv(nn.Module):
+    """A real 3D convolution that records the batch size of every forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv3d(1, 3, 3, padding=1)
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(int(x.shape[0]))
+        return self.conv(x)
+
+
+def test_mirrored_copies_share_a_forward_and_give_the_same_result(monkeypatch):
+    import autoseg.inference.sliding_window as sw
+
+    data = np.random.default_rng(0).standard_normal((1, 10, 14, 12)).astype(np.float32)
+    settings = SlidingWindowSettings(patch_size=[8, 8, 8], mirror=True)
+    net = RecordingConv()
+    paired = predict_sliding_window([net], data, 3, settings)
+    assert set(net.batches) == {2}  # 8 flips of each window in 4 forwards of two
+    monkeypatch.setattr(sw, "FORWARD_BATCH", 1)
+    net.batches.clear()
+    alone = predict_sliding_window([net], data, 3, settings)
+    assert set(net.batches) == {1}
+    assert torch.allclose(paired, alone, atol=1e-5)
+    monkeypatch.setattr(sw, "FORWARD_BATCH", 2)
+    monkeypatch.setattr(sw, "MAX_FORWARD_VOXELS", 8 * 8 * 8)  # two windows no longer fit: one at a time
+    net.batches.clear()
+    predict_sliding_window([net], data, 3, settings)
+    assert set(net.batches) == {1}

@@ -32,7 +32,8 @@ from autoseg.errors import AutosegError
 from autoseg.inference.export import export_prediction, segment
 from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.runtimes import load_networks
-from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
+from autoseg.inference.sliding_window import (CPU_WINDOW_BATCH, MAX_FORWARD_VOXELS, SlidingWindowSettings,
+                                              predict_sliding_window)
 from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
 from autoseg.io.json_io import check_writable, remove_stale_temps, save_json
@@ -104,7 +105,15 @@ class Predictor:
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,
             weights=options.weights, device=options.device, amp=options.amp,
-            batch_size=1 if dim == 3 else max(1, min(model.config.batch_size, 16)))
+            batch_size=self.window_batch(dim))
+
+    def window_batch(self, dim: int) -> int:
+        """Windows per forward: 2D up to the training batch (<= 16); 3D one, except two small ones on a
+        CPU without mirroring (mirrored copies already share a forward; see ``mirrored_passes``)."""
+        if dim == 2:
+            return max(1, min(self.model.config.batch_size, 16))
+        small = int(np.prod(self.model.patch_size)) * CPU_WINDOW_BATCH <= MAX_FORWARD_VOXELS
+        return CPU_WINDOW_BATCH if self.options.device == "cpu" and not self.options.mirror and small else 1
 
     def preprocess(self, data: np.ndarray, geometry: Geometry, case_id: str) -> tuple[np.ndarray, CaseProperties]:
         pre, _, props = preprocess_case(data, None, geometry, self.model.plans, self.model.config, case_id)

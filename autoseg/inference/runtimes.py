@@ -94,10 +94,18 @@ class RuntimeNetwork(nn.Module):
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], name: str):
         super().__init__()
         self._run, self.runtime = run, name
+        self.fixed_batch = False  # set when a batch of several was refused (a fixed-shape export)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._run(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()))
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        """Logits of batch ``x``; one sample at a time when the model was exported for batch 1 only."""
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        if arr.shape[0] > 1 and not self.fixed_batch:
+            try:
+                return torch.from_numpy(np.asarray(self._run(arr), dtype=np.float32))
+            except Exception:  # noqa: BLE001 -- engines raise their own types for a shape they cannot take
+                self.fixed_batch = True
+        outs = [np.asarray(self._run(arr[i:i + 1]), dtype=np.float32) for i in range(arr.shape[0])]
+        return torch.from_numpy(np.concatenate(outs))
 
 
 def onnxruntime_network(onnx: bytes | str | Path, threads: int | None = None) -> RuntimeNetwork:

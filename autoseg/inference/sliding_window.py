@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 HALF_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
 MIN_WINDOWS_FOR_BAR = 16  # a case with more windows shows a progress bar over them (big CT on a CPU: minutes to hours)
 SIGMA_SCALE = 1.0 / 8
+FORWARD_BATCH = 2  # patches per forward pass when mirroring (see mirrored_passes)
+MAX_FORWARD_VOXELS = 1 << 21  # ... as long as they hold at most this many voxels together (memory cap)
+CPU_WINDOW_BATCH = 2  # 3D windows per batch on a CPU (a batch of one takes PyTorch's slow convolution path)
 
 Window = tuple[slice, slice, slice]
 
@@ -235,6 +238,26 @@ def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
+def mirrored_passes(net: nn.Module, x: torch.Tensor, flips: Sequence[tuple[int, ...]], device: torch.device,
+                    amp: str | bool) -> Iterator[torch.Tensor]:
+    """``net``'s logits for each flip of window batch ``x``, flipped back, in ``flips`` order.
+
+    Flips go through the network in pairs (``FORWARD_BATCH``, when two fit ``MAX_FORWARD_VOXELS``):
+    on a CPU, PyTorch runs a batch of one through a thin 3D network with its slow im2col convolution
+    (``slow_conv3d``) instead of oneDNN, about 5x slower per window (demo plan: 0.73 s for one
+    28x80x80 window alone, 0.13 s each in a batch of two, 0.22 s each in a batch of eight;
+    measured with torch 2.13 on 2 cores, docs/benchmarks.md).
+    """
+    n = max(1, min(FORWARD_BATCH, MAX_FORWARD_VOXELS // max(1, x[0, 0].numel())) // x.shape[0])
+    for i in range(0, len(flips), n):
+        group = flips[i:i + n]
+        inputs = [torch.flip(x, [2 + a for a in axes]) if axes else x for axes in group]
+        with _autocast(device, amp):
+            out = _forward(net, inputs[0] if len(inputs) == 1 else torch.cat(inputs))
+        for axes, o in zip(group, out.split(x.shape[0])):
+            yield torch.flip(o, [2 + a for a in axes]) if axes else o
+
+
 def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s: SlidingWindowSettings,
          results_device: torch.device, hook: PassHook | None, valid: Window) -> torch.Tensor:
     """Blend all windows of padded ``data`` (C, *shape) into a (K, *shape) accumulator on ``results_device``."""
@@ -259,12 +282,7 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
             total = None
             for net, wn in zip(networks, net_w):
                 net_sum = None
-                for axes in flips:
-                    dims = [2 + a for a in axes]
-                    with _autocast(device, s.amp):
-                        out = _forward(net, torch.flip(x, dims) if dims else x)
-                    if dims:
-                        out = torch.flip(out, dims)
+                for out in mirrored_passes(net, x, flips, device, s.amp):
                     probs = torch.softmax(out, 1) if (s.ensemble == "weighted" or hook is not None) else None
                     if hook is not None:
                         assert probs is not None

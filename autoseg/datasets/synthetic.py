@@ -38,6 +38,9 @@ FLIPPED_DIRECTION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
 LESION_COUNT_P = (0.1, 0.15, 0.25, 0.2, 0.15, 0.15)  # probability of 0, 1, .. 5 lesions per liver
 LESION_RADIUS_MM = (6.0, 25.0)  # physical radius range, log-uniform (x 0.85-1.15 per axis: >= 5 mm)
 MAX_LESION_RADIUS_STD = 40.0  # standard mm
+NOISE_HU = (10.0, 20.0)  # quantum noise per voxel of NOISE_REF_VOXEL_MM3 (thin-slice abdominal CT)
+NOISE_REF_VOXEL_MM3 = 1.0  # e.g. 0.8 x 0.8 x 1.5 mm
+NOISE_FACTOR_RANGE = (0.3, 1.5)  # noise ~ 1/sqrt(voxel volume), within these factors
 HYPERDENSE_P = 0.1  # the rest are hypodense: 20-40 HU against a liver of 52-70 HU
 
 
@@ -154,6 +157,13 @@ class _Torso:
         """Mask ``q <= 1`` of a blob, limited to the abdominal cavity (offsets shifted to body centre)."""
         sl, q, off = found
         return sl, (q <= 1) & self.in_cavity([o + np.float32(c) for o, c in zip(off, center)])
+
+
+def noise_factor(spacing_zyx) -> float:
+    """The share of ``NOISE_HU`` a voxel of this spacing shows (CT noise ~ 1/sqrt(voxel volume)): 1 at
+    0.8 x 0.8 x 1.5 mm, 0.3 (3-6 HU) at the demo's ~2.7 x 2.7 x 4.5 mm."""
+    volume = float(np.prod([float(s) for s in spacing_zyx]))
+    return float(np.clip(np.sqrt(NOISE_REF_VOXEL_MM3 / volume), *NOISE_FACTOR_RANGE))
 
 
 def _waves(rng: np.random.Generator, k: int, amp: float) -> np.ndarray:
@@ -322,7 +332,7 @@ def make_case(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, 
     _paint_tumours(c, spacing, scale, rng)
     sigma_vox = (rng.uniform(0.2, 0.4),) + (rng.uniform(0.4, 0.7),) * 2  # scanner PSF + partial volume
     ndimage.gaussian_filter(c.hu, sigma_vox, output=c.hu, truncate=3.0)
-    noise_hu = np.float32(rng.uniform(10, 20))
+    noise_hu = np.float32(rng.uniform(*NOISE_HU) * noise_factor(spacing))
     step = max(1, 4_000_000 // (shape[1] * shape[2]))
     for z0 in range(0, shape[0], step):  # noise in slabs: no full-size float64 temporaries
         slab = rng.standard_normal((min(step, shape[0] - z0),) + shape[1:], dtype=np.float32)

@@ -26,6 +26,7 @@ from autoseg.preprocessing.case_store import list_preprocessed_cases
 from autoseg.trainers import distributed as dist_utils
 from autoseg.trainers.budget import default_val_iters, parse_duration
 from autoseg.trainers.losses import LOSS_NAMES
+from autoseg.trainers.class_weights import frequency_class_weights
 
 AfterFold = Callable[[str, str, str, list[str], str, str], object]  # (dataset, configuration, fold, val ids, device, amp)
 
@@ -56,7 +57,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rare-class-bias", type=float, default=None,
                    help="share of foreground-centred patches put on the rarest class, e.g. the tumour "
                         "(default 0.5 for 3d_roi_fullres and --target cpu plans, else 0: nnU-Net's uniform choice)")
-    p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2)")
+    p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2); default for dice_ce on --target cpu plans and "
+                        "3d_roi_fullres: rarer foreground classes weighted up to the largest one's voxel count (cap 100)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 1e-2 (sgd) / 3e-4 (adam)")
     p.add_argument("--pretrained", default=None, help="checkpoint whose matching weights initialise the network")
@@ -135,14 +137,31 @@ def budget_settings(a: argparse.Namespace) -> dict:
 def default_rare_class_bias(data: TrainingData) -> float:
     """0.5 for the two-stage model's stage 2 and for CPU-sized plans (short schedules must meet the
     small lesions often), else 0 (nnU-Net's uniform choice among the classes present)."""
-    return 0.5 if data.config.is_roi or getattr(data.plans, "target", "gpu") == "cpu" else 0.0
+    return 0.5 if is_short_schedule_plan(data) else 0.0
+
+
+def default_class_weights(a: argparse.Namespace, data: TrainingData) -> list[float] | None:
+    """``--class-weights``, else for ``dice_ce`` on CPU-sized plans and the two-stage model's stage 2
+    the inverse foreground frequencies (:mod:`autoseg.trainers.class_weights`), else None (nnU-Net's)."""
+    if a.class_weights is not None or a.loss != "dice_ce" or not is_short_schedule_plan(data):
+        return a.class_weights
+    weights = frequency_class_weights(data.folder, data.cases, data.plans.num_classes)
+    if weights is not None:
+        print(f"CE class weights {', '.join(f'{w:g}' for w in weights)} (rarer foreground classes lifted to the "
+              f"largest one's voxel count; --class-weights to choose others)")
+    return weights
+
+
+def is_short_schedule_plan(data: TrainingData) -> bool:
+    """CPU-sized plans and the two-stage model's stage 2: trained in minutes, so rare classes get help."""
+    return data.config.is_roi or getattr(data.plans, "target", "gpu") == "cpu"
 
 
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
-        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=a.class_weights,
+        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=default_class_weights(a, data),
         optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,

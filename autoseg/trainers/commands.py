@@ -159,9 +159,10 @@ def is_short_schedule_plan(data: TrainingData) -> bool:
 
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
+    weights = default_class_weights(a, data)
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
-        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=default_class_weights(a, data),
+        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=weights, class_weights_anneal=weights is not None and a.class_weights is None,
         optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,

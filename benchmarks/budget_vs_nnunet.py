@@ -6,7 +6,7 @@ Usage, from the repo root (the full benchmark takes about an hour and a half on 
     python benchmarks/budget_vs_nnunet.py [--budget 30m] [--nnunet-venv /work/nnunet_venv] \
         [--cases 20 --test-cases 5 --size medium] [--no-tta] [--workdir /tmp/autoseg_bench_budget] [--json out.json]
 
-Steps (every tool command runs as its own process, timed by ``benchmarks/_measure.py``):
+Steps (every tool command runs as its own process, timed by ``benchmarks/_measure.py``, memory sampled every 0.5 s):
 
 1. The synthetic dataset (``autoseg.datasets.synthetic.generate_dataset``; default ``medium``,
    20 training + 5 held-out test cases) is written once as ``<workdir>/raw/Dataset003_Liver``.
@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.train_vs_nnunet import PLANS_NAME, TRAINER, Bench, epoch_times, install_trainer, torch_threads  # noqa: E402
 
 MIN_LESION_RADIUS_MM = 10.0
+MEASURE_INTERVAL_S = 0.5  # memory sampling of the process tree: 0.05 s cost ~10 % of a core over a long run
 GOALS = {"tumour_dice": 0.40, "recall_10mm": 0.5, "liver_dice": 0.92}
 MEMORY_GRID_GB = [round(0.1 * 1.15 ** k, 3) for k in range(32) if 0.1 * 1.15 ** k <= 8.0]
 
@@ -210,6 +211,9 @@ def score(b: Bench, pred: Path) -> dict:
     for case in s["metric_per_case"]:
         ref, geom = read_label(case["reference_file"])
         lesions += lesion_table(ref, read_label(case["prediction_file"])[0], geom.spacing_zyx)
+    n_ref = sum(c["metrics"]["2"].get("lesion_n_ref", 0) for c in s["metric_per_case"])
+    if n_ref != len(lesions):
+        print(f"  warning: {len(lesions)} reference lesions here, {n_ref} in autoseg evaluate's summary", file=sys.stderr)
     big = [hit for r, hit in lesions if r >= MIN_LESION_RADIUS_MM]
     n_pred = sum(c["metrics"]["2"].get("lesion_n_pred", 0) for c in s["metric_per_case"])
     tp_pred = sum(c["metrics"]["2"].get("lesion_tp_pred", 0) for c in s["metric_per_case"])
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     venv = a.nnunet_venv.resolve() if a.nnunet_venv else Path("/nonexistent")
     b = Bench(a.workdir.resolve(), venv, require_nnunet=a.nnunet_venv is not None)
+    b.interval_s = MEASURE_INTERVAL_S
     t0 = time.perf_counter()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch version / threads: autoseg {torch_threads(sys.executable)}"
           + (f", nnU-Net venv {torch_threads(str(b.bindir / 'python'))}" if a.nnunet_venv else ""), flush=True)
@@ -292,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbenchmark wall {time.perf_counter() - t0:.0f} s, load average now {os.getloadavg()[0]:.1f}; logs in {b.logs}")
     if a.json:
         out = {k: ({kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()} if v else "not run") for k, v in rows.items()}
-        a.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": out}, indent=2))
+        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+        a.json.write_text(json.dumps({"args": args, "rows": out}, indent=2))
     return 0
 
 

@@ -88,6 +88,8 @@ class nnUNetTrainer_autosegBench(nnUNetTrainer):
 class Bench:
     """Folders, environment and command lines of both tools for one work folder."""
 
+    interval_s = 0.05  # how often measure() samples the process tree's memory
+
     def __init__(self, workdir: Path, venv: Path, require_nnunet: bool = True):
         self.workdir = workdir
         self.bindir = venv / "bin"
@@ -122,7 +124,7 @@ class Bench:
         """
         log = self.logs / log_name
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        m = measure(cmd, env=self.env(tool, **extra_env), cwd=self.workdir, log_path=log)
+        m = measure(cmd, env=self.env(tool, **extra_env), cwd=self.workdir, log_path=log, interval_s=self.interval_s)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.last_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if m.returncode != 0:

@@ -1,7 +1,7 @@
 """Issue 11's target: autoseg with ``--time-budget`` (CPU plan) against nnU-Net v2 given the same training time.
 
 nnU-Net v2 is a *reference only*, run from its throwaway venv (benchmarks/nnunet_venv.md).
-Usage, from the repo root (the full benchmark takes about an hour and a half on 2 cores)::
+Usage, from the repo root (estimated 1.5 h on 2 idle cores at the defaults: two 30-minute trainings, plus planning and predicting)::
 
     python benchmarks/budget_vs_nnunet.py [--budget 30m] [--nnunet-venv /work/nnunet_venv] \
         [--cases 20 --test-cases 5 --size medium] [--no-tta] [--workdir /tmp/autoseg_bench_budget] [--json out.json]

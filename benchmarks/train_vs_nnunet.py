@@ -88,7 +88,9 @@ class nnUNetTrainer_autosegBench(nnUNetTrainer):
 class Bench:
     """Folders, environment and command lines of both tools for one work folder."""
 
-    def __init__(self, workdir: Path, venv: Path):
+    interval_s = 0.05  # how often measure() samples the process tree's memory
+
+    def __init__(self, workdir: Path, venv: Path, require_nnunet: bool = True):
         self.workdir = workdir
         self.bindir = venv / "bin"
         self.raw = workdir / "raw" / DATASET
@@ -98,7 +100,7 @@ class Bench:
         self.as_fold = workdir / "autoseg_results" / DATASET / "3d_fullres" / "fold_0"
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        if not (self.bindir / "nnUNetv2_train").exists():
+        if require_nnunet and not (self.bindir / "nnUNetv2_train").exists():
             sys.exit(f"{self.bindir / 'nnUNetv2_train'}: not found; pass --nnunet-venv (see benchmarks/nnunet_venv.md)")
 
     def env(self, tool: str, **extra: str) -> dict[str, str]:
@@ -108,7 +110,8 @@ class Bench:
                        nnUNet_results=str(self.workdir / "nnunet_results"))
         else:
             env.update(AUTOSEG_RAW=str(self.raw.parent), AUTOSEG_PREPROCESSED=str(self.as_pp.parent),
-                       AUTOSEG_RESULTS=str(self.workdir / "autoseg_results"))
+                       AUTOSEG_RESULTS=str(self.workdir / "autoseg_results"),
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))  # this checkout's autoseg
         return env
 
     def run(self, tool: str, cmd: list[str], log_name: str, **extra_env: str) -> Measurement:
@@ -121,7 +124,7 @@ class Bench:
         """
         log = self.logs / log_name
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        m = measure(cmd, env=self.env(tool, **extra_env), cwd=self.workdir, log_path=log)
+        m = measure(cmd, env=self.env(tool, **extra_env), cwd=self.workdir, log_path=log, interval_s=self.interval_s)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.last_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if m.returncode != 0:
@@ -154,12 +157,17 @@ def prepare(b: Bench, a: argparse.Namespace) -> None:
         for d in (b.nn_pp, b.as_pp):
             save_json(splits, d / "splits_final.json")
         stamp.write_text(json.dumps(want))
-    target = b.bindir.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / "nnunetv2" \
+    install_trainer(b.bindir)
+
+
+def install_trainer(bindir: Path) -> None:
+    """Write ``nnUNetTrainer_autosegBench`` into the venv's nnunetv2 (``variants/benchmarking``), once."""
+    target = bindir.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / "nnunetv2" \
         / "training" / "nnUNetTrainer" / "variants" / "benchmarking" / f"{TRAINER}.py"
     if not target.parent.is_dir():  # the venv's python may differ from ours
-        found = list((b.bindir.parent / "lib").glob("python*/site-packages/nnunetv2/training/nnUNetTrainer/variants/benchmarking"))
+        found = list((bindir.parent / "lib").glob("python*/site-packages/nnunetv2/training/nnUNetTrainer/variants/benchmarking"))
         if not found:
-            sys.exit(f"nnunetv2 not found under {b.bindir.parent / 'lib'}")
+            sys.exit(f"nnunetv2 not found under {bindir.parent / 'lib'}")
         target = found[0] / f"{TRAINER}.py"
     if not target.is_file() or target.read_text() != TRAINER_SOURCE:
         target.write_text(TRAINER_SOURCE)

@@ -11,8 +11,8 @@ Steps (every tool command runs as its own process, timed by ``benchmarks/_measur
 1. The synthetic dataset (``autoseg.datasets.synthetic.generate_dataset``; default ``medium``,
    20 training + 5 held-out test cases) is written once as ``<workdir>/raw/Dataset003_Liver``.
 2. autoseg: ``plan_and_preprocess -c 3d_fullres --target cpu -np 2``, ``train -f 0 --time-budget
-   T --no-validation`` (T = ``--train-budget``, default the whole ``--budget``; ``auto`` gives
-   training what the budget has left after plan + preprocess and ``--predict-reserve``), then
+   T --no-validation`` (T = ``--train-budget``; default ``auto``: what the budget has left after
+   plan + preprocess and ``--predict-reserve``, so that everything fits the budget), then
    ``predict -f 0`` of ``imagesTs`` (mirroring TTA unless ``--no-tta``). The wall time of each part
    is printed, and whether plan + preprocess + train + predict stayed within ``--budget``
    (the issue: "everything it needs for prediction included in the 30 minutes").
@@ -253,10 +253,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", default="30m", help="time budget: 90s, 30m, 1h30m (default 30m)")
-    p.add_argument("--train-budget", default=None,
-                   help="autoseg's --time-budget and nnU-Net's training time (default: --budget; 'auto': --budget minus "
+    p.add_argument("--train-budget", default="auto",
+                   help="autoseg's --time-budget and nnU-Net's training time (default auto: --budget minus "
                         "plan+preprocess minus --predict-reserve)")
-    p.add_argument("--predict-reserve", default="2m", help="with --train-budget auto: time kept for predict (default 2m)")
+    p.add_argument("--predict-reserve", default="5m", help="with --train-budget auto: time kept for predict (default 5m)")
     p.add_argument("--nnunet-venv", type=Path, default=None, help="nnU-Net v2 venv folder (without it nnU-Net is not run)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/autoseg_bench_budget"))
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")

@@ -56,17 +56,7 @@ def test_default_applies_to_cpu_and_roi_plans_with_dice_ce_only(tmp_path, target
     assert got == ([1.0, 1.0, 5.0] if expect_default else given)
 
 
-def test_automatic_weights_anneal_to_one_with_the_learning_rate():
-    from autoseg.trainers.loop import annealed_weights, poly_lr
-
-    w = [1.0, 1.0, 49.0]
-    assert annealed_weights(w, 0, 10) == w
-    mid = annealed_weights(w, 5, 10)
-    assert mid[:2] == [1.0, 1.0] and mid[2] == pytest.approx(1 + 48 * poly_lr(1.0, 5, 10))
-    assert annealed_weights(w, 10, 10) == [1.0, 1.0, 1.0]
-
-
-def test_fold_config_anneals_only_the_automatic_weights(tmp_path):
+def test_fold_config_uses_the_automatic_weights_and_cpu_sampling(tmp_path):
     from autoseg.trainers.commands import fold_config
 
     _write_case(tmp_path, "a", [20, 4])
@@ -77,5 +67,5 @@ def test_fold_config_anneals_only_the_automatic_weights(tmp_path):
                 rare_class_bias=None, oversample_foreground=None)
     auto = fold_config(Namespace(class_weights=None, **base), data, "0", "cpu")
     given = fold_config(Namespace(class_weights=[1.0, 1.0, 3.0], **base), data, "0", "cpu")
-    assert auto.class_weights == [1.0, 1.0, 5.0] and auto.class_weights_anneal
-    assert given.class_weights == [1.0, 1.0, 3.0] and not given.class_weights_anneal
+    assert auto.class_weights == [1.0, 1.0, 5.0] and given.class_weights == [1.0, 1.0, 3.0]
+    assert (auto.oversample_foreground, auto.rare_class_bias) == (0.5, 1.0)

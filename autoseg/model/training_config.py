@@ -22,7 +22,6 @@ class TrainingConfig:
     network: str = "unet"
     loss: str = "dice_ce"
     class_weights: list[float] | None = None
-    class_weights_anneal: bool = False  # weights decay to 1 with the poly LR (the automatic CPU-plan weights)
     optimizer: str = "sgd"
     lr: float = 1e-2
     weight_decay: float = 3e-5

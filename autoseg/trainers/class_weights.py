@@ -6,12 +6,13 @@ comes back only after thousands of iterations: more than a CPU budget of minutes
 each foreground class's CE by ``n_largest / n_class`` (the voxel count of the most frequent
 foreground class over the class's own, capped at ``MAX_WEIGHT``; background 1) gives every
 foreground class as much pull in the CE as the largest one from the first iteration. On the demo
-data (liver : tumour voxels about 55 : 1) the tumour is learned within the 8-minute budget with it
-and not at all without (docs/benchmarks.md, "What was tried for the tumour").
+data (liver : tumour voxels about 49 : 1) the tumour is found with it and not at all without
+(docs/benchmarks.md, "What was tried for the tumour"); weights that decay to 1 with the learning
+rate lost it again, so they stay constant.
 
 Example::
 
-    weights = frequency_class_weights(folder, ["liver_000", "liver_001"], num_classes=3)  # [1.0, 1.0, 55.2]
+    weights = frequency_class_weights(folder, ["liver_000", "liver_001"], num_classes=3)  # [1.0, 1.0, 48.74]
 """
 
 from __future__ import annotations

@@ -53,10 +53,11 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", choices=sorted(NETWORKS), default="unet")
     p.add_argument("--loss", default="dice_ce", choices=LOSS_NAMES)
     p.add_argument("--oversample-foreground", type=float, default=None,
-                   help="share of patches centred on a foreground voxel (default 0.33, nnU-Net's)")
+                   help="share of patches centred on a foreground voxel (default 0.5 for --target cpu plans and "
+                        "3d_roi_fullres, else 0.33, nnU-Net's)")
     p.add_argument("--rare-class-bias", type=float, default=None,
                    help="share of foreground-centred patches put on the rarest class, e.g. the tumour "
-                        "(default 0.5 for 3d_roi_fullres and --target cpu plans, else 0: nnU-Net's uniform choice)")
+                        "(default 1.0 for 3d_roi_fullres and --target cpu plans, else 0: nnU-Net's uniform choice)")
     p.add_argument("--class-weights", type=float, nargs="+", default=None, help="per label, background first (e.g. 0 1 2); default for dice_ce on --target cpu plans and "
                         "3d_roi_fullres: rarer foreground classes weighted up to the largest one's voxel count (cap 100)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
@@ -135,9 +136,10 @@ def budget_settings(a: argparse.Namespace) -> dict:
 
 
 def default_rare_class_bias(data: TrainingData) -> float:
-    """0.5 for the two-stage model's stage 2 and for CPU-sized plans (short schedules must meet the
-    small lesions often), else 0 (nnU-Net's uniform choice among the classes present)."""
-    return 0.5 if is_short_schedule_plan(data) else 0.0
+    """1.0 for the two-stage model's stage 2 and for CPU-sized plans (every foreground-forced patch on
+    the rarest class present: short schedules must meet the small lesions often), else 0 (nnU-Net's
+    uniform choice among the classes present)."""
+    return 1.0 if is_short_schedule_plan(data) else 0.0
 
 
 def default_class_weights(a: argparse.Namespace, data: TrainingData) -> list[float] | None:
@@ -162,13 +164,14 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
     weights = default_class_weights(a, data)
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
-        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=weights, class_weights_anneal=weights is not None and a.class_weights is None,
+        num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=weights,
         optimizer=a.optimizer, lr=a.lr if a.lr is not None else (1e-2 if a.optimizer == "sgd" else 3e-4),
         **budget_settings(a), batch_size=a.batch_size or data.config.batch_size, seed=a.seed,
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
         rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else default_rare_class_bias(data),
-        oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None else 0.33)
+        oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None
+        else (0.5 if is_short_schedule_plan(data) else 0.33))
 
 
 def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:

@@ -51,16 +51,6 @@ def poly_lr(initial: float, epoch: int, max_epochs: int, exponent: float = 0.9) 
     return initial * (1 - min(epoch, max_epochs) / max_epochs) ** exponent
 
 
-def annealed_weights(weights: list[float], epoch: int, max_epochs: int, exponent: float = 0.9) -> list[float]:
-    """Class weights moved towards 1 as the LR decays: ``1 + (w - 1) * (1 - epoch / max_epochs) ** exponent``.
-
-    High weights early make a rare class (tumour) worth learning; near 1 at the end, the CE no longer
-    rewards over-predicting it (a weighted CE's argmax calls a voxel tumour from a ~1/w chance on).
-    """
-    f = (1 - epoch / max_epochs) ** exponent
-    return [1 + (float(w) - 1) * f for w in weights]
-
-
 def make_optimizer(cfg: TrainingConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
@@ -269,8 +259,6 @@ def run_epoch(state: TrainState, epoch: int, loaders: tuple[BackgroundLoader, Ba
     lr = poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_exponent)
     for g in state.optimizer.param_groups:
         g["lr"] = lr
-    if cfg.class_weights and cfg.class_weights_anneal:
-        state.loss_fn.loss.class_weights = annealed_weights(cfg.class_weights, epoch, cfg.epochs, cfg.poly_exponent)
     state.model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.iters_per_epoch), desc=f"fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs}", unit="it",

@@ -28,7 +28,7 @@ from autoseg.evaluation.postprocessing import determine_postprocessing
 from autoseg.io.images import write_image
 from autoseg.io.json_io import save_json
 from autoseg.model.probabilities import SUFFIX as PROBABILITIES_SUFFIX
-from autoseg.model.probabilities import cases_with_probabilities, combine, load_probabilities
+from autoseg.model.probabilities import cases_with_probabilities, combine_saved, load_probabilities
 from autoseg.model.selection import BestConfiguration, RankedCandidate
 
 
@@ -71,7 +71,7 @@ def ensemble_folder(dataset: str, members: list[Path], name: str, ending: str) -
     weights = [1.0 / len(members)] * len(members)
     for c in tqdm(cases, desc=f"ensemble {name}", unit="case"):
         probs, infos = zip(*(load_probabilities(m, c) for m in members))
-        seg, _ = combine(probs, weights, sorted(int(v) for v in infos[0].labels.values()))
+        seg = combine_saved(probs, weights, infos[0])
         write_image(seg, infos[0].geometry, dest / f"{c}{ending}")
     return dest
 

@@ -29,11 +29,12 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
             keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(K, *preprocessed) probabilities -> uint8 (Z, Y, X) labels in the input grid.
 
-    Class k maps to the k-th label value in ascending order. With ``keep_probabilities``
+    Class k maps to the k-th label value in ascending order (``LabelDefinition.class_values``, so a
+    dataset labelled 0, 1, 5 gets masks of 0, 1, 5 back). With ``keep_probabilities``
     also returns float16 (K, Z, Y, X) probabilities in the input grid (background 1 outside
     the crop box). Ties go to the lower class.
     """
-    values = sorted(int(v) for v in plans.labels.values())
+    values = plans.label_definition.class_values
     if len(values) != probs.shape[0]:
         raise ValueError(f"{probs.shape[0]} predicted classes but plans list {len(values)} labels")
     best: np.ndarray | None = None
@@ -76,6 +77,6 @@ def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, 
     write_image(seg, props.output_geometry, out_path)
     if full_probs is not None:
         info = ProbabilityInfo(case_id=props.case_id, labels=dict(plans.labels), geometry=props.output_geometry,
-                               segmentation_file=out_path.name)
+                               segmentation_file=out_path.name, regions_class_order=plans.regions_class_order)
         write_probabilities(full_probs, info, out_path.parent)
     return seg

@@ -153,9 +153,9 @@ class CasePipeline:
             raise AutosegError(f"configuration {model.configuration} needs its previous stage: train "
                                f"{model.config.previous_stage} or pass --prev-stage-predictions DIR")
         if model.config.is_cascade:
-            if extra != model.num_classes - 1:
+            if extra != model.plans.label_definition.num_classes - 1:
                 raise AutosegError(f"{model.folder}: cascade networks take {model.num_input_channels} channels, expected "
-                                   f"{model.num_image_channels} image + {model.num_classes - 1} one-hot; retrain the cascade")
+                                   f"{model.num_image_channels} image + {model.plans.label_definition.num_classes - 1} one-hot; retrain the cascade")
         elif extra != 0:
             raise AutosegError(f"{model.folds[0].checkpoint.parent / 'training.json'}: network takes {model.num_input_channels} "
                                f"channels but the dataset has {model.num_image_channels}; check training.json")
@@ -222,7 +222,7 @@ class CasePipeline:
         write_image(variance, props.output_geometry, udir / f"{cid}_uncertainty.nii.gz")
         write_image(entropy, props.output_geometry, udir / f"{cid}_entropy.nii.gz")
         voxel_ml = float(np.prod(props.spacing_after_resampling)) / 1000.0
-        names = {int(v): k for k, v in m.plans.labels.items() if int(v) != 0}
+        names = m.plans.label_definition.mask_names
         summary = summarize(cid, seg, variance, entropy, collector.pass_volumes_vox.numpy(), voxel_ml, names)
         save_json(summary, udir / f"{cid}_uncertainty.json")
 

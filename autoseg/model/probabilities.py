@@ -2,8 +2,10 @@
 combined by ``autoseg ensemble`` and by model selection's ensemble candidates.
 
 ``<case>_probabilities.npz`` holds key ``probabilities``, float16 (K, Z, Y, X) in the input
-grid (class k = k-th label value in ascending order), beside ``<case>_probabilities.json``
-(:class:`ProbabilityInfo`: labels, geometry, mask file name).
+grid (class k = k-th label value in ascending order, ignore excluded), beside ``<case>_probabilities.json``
+(:class:`ProbabilityInfo`: labels, geometry, mask file name). For a region-based dataset channel r
+is region r's sigmoid probability (regions in dataset.json order) and masks are made with
+nnU-Net's rule (:func:`combine_regions`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from autoseg.datasets.labels import LabelDefinition, label_definition
 from autoseg.io.images import Geometry
 from autoseg.io.json_io import atomic_path, load_dataclass, save_json
 
@@ -25,9 +28,10 @@ class ProbabilityInfo:
     """``<case>_probabilities.json``: what the float16 array in the ``.npz`` means."""
 
     case_id: str
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]  # dataset.json's (see autoseg.datasets.labels)
     geometry: Geometry
     segmentation_file: str
+    regions_class_order: list[int] | None = None  # region-based: channel r is region r's probability
 
 
 def probability_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
@@ -75,3 +79,29 @@ def combine(probabilities: Sequence[np.ndarray], weights: Sequence[float], label
         labels[better] = label_values[k]
     assert best is not None and labels is not None
     return labels, best
+
+
+def combine_regions(probabilities: Sequence[np.ndarray], weights: Sequence[float], regions_class_order: Sequence[int]) -> np.ndarray:
+    """Weighted sum of (R, Z, Y, X) region probabilities -> uint8 label map: ``regions_class_order[r]``
+    painted where region r's combined probability is > 0.5, in order (later regions win)."""
+    out = np.zeros(probabilities[0].shape[1:], dtype=np.uint8)
+    for r, value in enumerate(regions_class_order):
+        pr = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
+        for p, w in zip(probabilities, weights):
+            pr += np.float32(w) * p[r]
+        out[pr > 0.5] = value
+    return out
+
+
+def definition_of(info: ProbabilityInfo) -> LabelDefinition:
+    return label_definition(info.labels, info.regions_class_order)
+
+
+def combine_saved(probabilities: Sequence[np.ndarray], weights: Sequence[float], info: ProbabilityInfo) -> np.ndarray:
+    """The uint8 label map of saved probabilities combined with ``weights``, by the labels in ``info``
+    (argmax over classes, or regions painted in ``regions_class_order``)."""
+    d = definition_of(info)
+    if d.has_regions:
+        assert d.regions_class_order is not None
+        return combine_regions(probabilities, weights, d.regions_class_order)
+    return combine(probabilities, weights, d.class_values)[0]

@@ -110,7 +110,7 @@ def training_data(dataset: str | None, configuration: str, seed: int) -> Trainin
     if config.is_cascade:
         from autoseg.trainers.cascade import prepare_cascade_data
         folder = pp / prepare_cascade_data(name, plans, configuration)
-        in_channels += plans.num_classes - 1
+        in_channels += plans.label_definition.num_classes - 1
     cases = list_preprocessed_cases(folder)
     if not cases:
         raise AutosegError(f"{folder}: no preprocessed cases; run 'autoseg plan_and_preprocess -d {name} -c {configuration}'")

@@ -81,3 +81,95 @@ def test_any_label_values_train_predict_evaluate(autoseg_env, tmp_path):
     assert mask_values(out) - {0}  # foreground predicted (an untrained net predicts every class somewhere)
     assert main(["evaluate", "-r", str(raw / "labelsTr"), "-p", str(out), "--dataset-json", str(raw / "dataset.json")]) == 0
     assert set(load_json(out / "summary.json")["mean"]) >= {"1", "5"}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
+
+
+def test_ignore_label_half_the_slices_trains_a_usable_model(autoseg_env, tmp_path):
+    """Every other slice of each case is "ignore" (3): the model still segments the liver of an unseen,
+    densely labelled case far better than a trivial all-liver guess; no mask holds 3."""
+    raw = autoseg_env["raw"] / "Dataset008_Sparse"
+
+    def half_ignored(seg, i):
+        seg = seg.copy()
+        seg[i % 2::2] = 3
+        return seg
+    write_dataset(raw, {"background": 0, "liver": 1, "tumor": 2, "ignore": 3}, mark=half_ignored)
+    assert main(["plan_and_preprocess", "-d", "8", "-c", "3d_fullres", "-np", "1"]) == 0
+    fp = load_json(autoseg_env["pre"] / "Dataset008_Sparse" / "dataset_fingerprint.json")
+    assert all(3 in c["labels_present"] for c in fp["cases"])
+    assert fp["intensity_per_channel"]["0"]["percentile_00_5"] > -200  # ignored air is no foreground sample
+    assert all(c["foreground_bbox_zyx"][1][1] - c["foreground_bbox_zyx"][1][0] < 24 for c in fp["cases"])
+    assert main(["train", "-d", "8", "-f", "all", "--epochs", "3", "--iters-per-epoch", "8", "--val-iters", "1",
+                 "--num-workers", "0", "--no-validation"]) == 0
+    training = load_json(autoseg_env["res"] / "Dataset008_Sparse" / "3d_fullres" / "fold_all" / "training.json")
+    assert training["ignore_class"] == 3 and training["num_classes"] == 3
+    held = tmp_path / "held"
+    (held / "img").mkdir(parents=True)
+    img, ref, geom = blob_case((12, 24, 24), (2.5, 1.0, 1.0), 99)
+    write_image(img, geom, held / "img" / "new_0000.nii.gz")
+    assert main(["predict", "-d", "8", "-c", "3d_fullres", "-f", "all", "-i", str(held / "img"), "-o", str(held / "out"),
+                 "--device", "cpu", "--no-tta"]) == 0
+    pred = read_image(held / "out" / "new.nii.gz")[0]
+    assert 3 not in np.unique(pred)
+    liver_ref, liver_pred = ref > 0, (pred == 1) | (pred == 2)
+    trivial = _dice(liver_ref, np.ones_like(liver_ref))  # every voxel liver
+    assert _dice(liver_ref, liver_pred) > max(0.7, trivial + 0.4), (_dice(liver_ref, liver_pred), trivial)
+
+
+@pytest.mark.parametrize("regions", [None, [[1, 2], [2]]])
+def test_ignored_voxels_change_no_loss_term(regions):
+    """Logits at ignored voxels (class 3) change neither the loss nor get a gradient, at every
+    deep-supervision level (the targets are downsampled with the ignore mask in them)."""
+    import torch
+    from autoseg.trainers.losses import build_loss, downsample_targets
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8), generator=g)
+    target[:, :, ::3] = 3
+    k = 2 if regions else 3
+    targets = downsample_targets(target, [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
+    loss = build_loss("dice_ce", k, batch_dice=True, n_ds_outputs=3, ignore_index=3, regions=regions)
+    outs = [torch.randn(2, k, n, n, n, generator=g, requires_grad=True) for n in (8, 4, 2)]
+    value = loss(outs, targets)
+    value.backward()
+    for o, t in zip(outs[:2], targets[:2]):  # the lowest resolution has weight 0 (nnU-Net)
+        ignored = (t == 3).expand_as(o)
+        assert o.grad is not None and torch.all(o.grad[ignored] == 0) and torch.any(o.grad[~ignored] != 0)
+    changed = [o.detach().clone() for o in outs]
+    for o, t in zip(changed, targets):
+        o[(t == 3).expand_as(o)] = 50.0
+    assert torch.allclose(loss(changed, targets), value.detach())
+
+
+def test_region_loss_is_low_for_the_right_regions():
+    import torch
+    from autoseg.trainers.region_loss import RegionDiceBCELoss, region_targets
+    target = torch.tensor([0, 1, 2, 2, 1, 0]).view(1, 1, 6)
+    masks, _ = region_targets(target, [[1, 2], [2]], None)
+    assert masks[0].tolist() == [[0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0]]
+    loss = RegionDiceBCELoss([[1, 2], [2]], batch_dice=False)
+    right, wrong = (masks * 2 - 1) * 20, (1 - masks * 2) * 20
+    assert loss(right, target) < 0.01 < 1.5 < loss(wrong, target)
+
+
+def test_evaluation_leaves_ignored_voxels_out(tmp_path):
+    from autoseg.evaluation.evaluate import evaluate_folders
+    from autoseg.io.images import Geometry
+    geom = Geometry([4, 4, 4], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    ref = np.zeros((4, 4, 4), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1
+    ref[3] = 4  # ignore: whatever is predicted there does not count
+    pred = ref.copy()
+    pred[3] = 1
+    for folder, arr in (("ref", ref), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        write_image(arr, geom, tmp_path / folder / "a.nii.gz")
+    dj = tmp_path / "dataset.json"
+    dj.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "ignore": 4}}))
+    summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred", dataset_json=dj, surface_distances_mm=False)
+    assert summary.mean["1"]["Dice"] == 1.0 and "4" not in summary.mean
+    plain = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels=[1], out_json=tmp_path / "plain.json",
+                             surface_distances_mm=False)
+    assert plain.mean["1"]["Dice"] <= 0.5  # without the definition the ignored slab counts as false positives

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from autoseg.datasets.labels import LabelDefinition
 from autoseg.errors import AutosegError
 from autoseg.evaluation.clinical import clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
@@ -119,19 +120,56 @@ def list_label_files(folder: Path | str, dicom_seg: bool = False) -> dict[str, P
     return found
 
 
-def label_names_from_dataset_json(path: Path | str | None) -> dict[int, str]:
-    """``{label_value: name}`` of the foreground labels in a dataset.json (default liver/tumor)."""
+def label_definition_of(path: Path | str | None) -> LabelDefinition | None:
+    """The label definition of a dataset.json (None without one)."""
     if path is None:
-        return dict(DEFAULT_LABEL_NAMES)
+        return None
     data = load_json(path)
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict):
         raise AutosegError(f"{path}: no 'labels' mapping; expected {{\"background\": 0, \"liver\": 1, ...}}")
-    names = {}
-    for name, value in labels.items():
-        if isinstance(value, (int, float)) and int(value) != 0:
-            names[int(value)] = str(name)
-    return names
+    return LabelDefinition.from_json(labels, data.get("regions_class_order"), str(path))
+
+
+@dataclass
+class EvaluationScope:
+    """What is scored: single label values, regions (tuples of values) beyond them, which of these
+    make ``foreground_mean``, their names, and the ignore value (its reference voxels are not counted)."""
+
+    names: dict[int, str]
+    labels: list[int]
+    regions: list[Region]
+    averaged: list[Region]
+    region_names: dict[str, str]
+    ignore: int | None
+
+
+def _value_names(definition: LabelDefinition | None) -> dict[int, str]:
+    """Names of single values: their own label's; in a region-based dataset a value without one is
+    ``label<v>`` (the region's name belongs to the region: ``"liver": [1, 2]`` is "liver", 1 alone is "label1")."""
+    if definition is None:
+        return dict(DEFAULT_LABEL_NAMES)
+    own = definition.value_names
+    return {v: own.get(v, f"label{v}") for v in sorted(definition.mask_names)}
+
+
+def evaluation_scope(definition: LabelDefinition | None, labels: Sequence[int] | None, regions: Sequence[Sequence[int]] | None,
+                     label_names: dict[int, str] | None, where: str) -> EvaluationScope:
+    """Labels default to the definition's mask values (liver 1, tumor 2 without one); regions to a
+    region-based dataset's declared regions, else all labels together. A region-based dataset's
+    ``foreground_mean`` is over its regions (as nnU-Net ranks it), else over the single labels."""
+    names = dict(label_names) if label_names is not None else _value_names(definition)
+    labels = sorted(int(v) for v in (labels if labels is not None else names))
+    if not labels:
+        raise AutosegError(f"{where}: no foreground labels to evaluate; pass -l 1 2")
+    by_regions = definition is not None and definition.has_regions and regions is None
+    declared = [as_region(v) for v in definition.region_values] if definition is not None and by_regions else []
+    if regions is None:
+        regions = [r for r in declared if len(r) > 1] if by_regions else ([tuple(labels)] if len(labels) > 1 else [])
+    region_names = {region_key(r): n for r, n in zip(declared, definition.region_names)} if definition and by_regions else {}
+    averaged = declared if by_regions else [as_region(v) for v in labels]
+    return EvaluationScope(names, labels, [as_region(r) for r in regions], averaged, region_names,
+                           definition.ignore_value if definition is not None else None)
 
 
 def tumor_label_of(label_names: dict[int, str]) -> int | None:
@@ -150,11 +188,13 @@ def region_name(region: Region, label_names: dict[int, str], all_labels: Sequenc
 
 
 def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
-                  surface_distances_mm: bool = True, label_names: dict[int, str] | None = None) -> dict:
+                  surface_distances_mm: bool = True, label_names: dict[int, str] | None = None,
+                  ignore: int | None = None) -> dict:
     """Metrics of one case; refuses a prediction whose grid differs from the reference.
 
     A DICOM SEG reference (``.dcm``) is rasterised onto the prediction's grid; its segments map
-    to labels by name (``label_names``), else by segment number.
+    to labels by name (``label_names``), else by segment number. Voxels whose reference is the
+    ``ignore`` value count in no metric (they are background in both maps).
     """
     pred, pred_geom = read_image(pred_path, dtype=np.int16)
     if ref_path.name.lower().endswith(SEG_SUFFIX):
@@ -165,6 +205,9 @@ def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_
     if (diff := ref_geom.matches(pred_geom)) is not None:
         raise AutosegError(f"{pred_path}: grid differs from reference {ref_path.name} ({diff}); "
                            f"predict on the reference's grid (resample the prediction back)")
+    if ignore is not None:
+        ignored = ref == ignore
+        ref[ignored], pred[ignored] = 0, 0
     metrics = compute_case_metrics(ref, pred, ref_geom.spacing_zyx, regions, tumor_label, surface_distances_mm)
     out = {"case": strip_suffix(ref_path.name, True), "reference_file": str(ref_path),
            "prediction_file": str(pred_path), "metrics": metrics}
@@ -213,28 +256,24 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
     ``.csv``. Returns the written :class:`EvaluationSummary`.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
-    names = dict(label_names) if label_names is not None else label_names_from_dataset_json(dataset_json)
-    labels = sorted(int(v) for v in (labels if labels is not None else names))
-    if not labels:
-        raise AutosegError(f"{dataset_json or 'labels'}: no foreground labels to evaluate; pass -l 1 2")
-    if regions is None:
-        regions = [tuple(labels)] if len(labels) > 1 else []
-    all_regions = [as_region(v) for v in labels] + [as_region(r) for r in regions]
+    scope = evaluation_scope(label_definition_of(dataset_json), labels, regions, label_names, str(dataset_json or "labels"))
+    names, labels = scope.names, scope.labels
+    all_regions = list(dict.fromkeys([as_region(v) for v in labels] + scope.regions + scope.averaged))
     tumor_label = tumor_label_of(names)
     tumor_label = tumor_label if tumor_label in labels else None
 
     ref_files, pred_files = list_label_files(ref_dir, dicom_seg=True), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
-    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm, names) for c in cases]
+    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm, names, scope.ignore) for c in cases]
     per_case = map_cases(_evaluate_case_star, jobs, num_workers, "evaluate")
 
     means = mean_metrics([c["metrics"] for c in per_case])
-    label_keys = [region_key(v) for v in labels]
-    common = [m for m in means[label_keys[0]] if all(m in means[k] for k in label_keys)]
-    foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in common}
+    keys = [region_key(r) for r in scope.averaged]
+    common = [m for m in means[keys[0]] if all(m in means[k] for k in keys)]
+    foreground_mean = {m: _nanmean([means[k][m] for k in keys]) for m in common}
     summary = EvaluationSummary(per_case, means, foreground_mean,
-                                {region_key(r): region_name(r, names, labels) for r in all_regions},
-                                len(per_case), missing_predictions)
+                                {region_key(r): scope.region_names.get(region_key(r)) or region_name(r, names, labels)
+                                 for r in all_regions}, len(per_case), missing_predictions)
     out_json = Path(out_json) if out_json is not None else pred_dir / "summary.json"
     save_json(summary, out_json)
     write_metrics_csv(summary, Path(out_csv) if out_csv is not None else out_json.with_suffix(".csv"))

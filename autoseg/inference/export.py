@@ -32,8 +32,10 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
     Class k maps to the k-th label value in ascending order (``LabelDefinition.class_values``, so a
     dataset labelled 0, 1, 5 gets masks of 0, 1, 5 back). With ``keep_probabilities``
     also returns float16 (K, Z, Y, X) probabilities in the input grid (background 1 outside
-    the crop box). Ties go to the lower class.
+    the crop box). Ties go to the lower class. Region-based plans: see :func:`segment_regions`.
     """
+    if plans.label_definition.has_regions:
+        return segment_regions(probs, props, plans, config, keep_probabilities)
     values = plans.label_definition.class_values
     if len(values) != probs.shape[0]:
         raise ValueError(f"{probs.shape[0]} predicted classes but plans list {len(values)} labels")
@@ -58,6 +60,32 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
         assert labels is not None
         labels[better] = values[k]
         del better, pk
+    assert labels is not None
+    return paste(labels, props, 0, np.uint8), full_probs
+
+
+def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
+                    keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(R, *preprocessed) region probabilities -> uint8 labels in the input grid by nnU-Net's rule:
+    ``regions_class_order[r]`` painted where region r's probability is > 0.5, in order (later regions
+    overwrite earlier ones). Probabilities kept: float16 (R, Z, Y, X), 0 outside the crop box."""
+    order = plans.label_definition.regions_class_order
+    assert order is not None
+    if len(order) != probs.shape[0]:
+        raise ValueError(f"{probs.shape[0]} predicted regions but plans list {len(order)}")
+    full_probs = None
+    if keep_probabilities:
+        full_probs = np.zeros([probs.shape[0]] + list(props.output_geometry.shape_zyx), dtype=np.float16)
+    box = input_slices(props)
+    labels: np.ndarray | None = None
+    for r, value in enumerate(order):
+        pr = to_cropped_grid(probs[r:r + 1], props, plans, config)
+        if full_probs is not None:
+            full_probs[r][box] = pr
+        if labels is None:
+            labels = np.zeros(pr.shape, dtype=np.uint8)
+        labels[pr > 0.5] = value
+        del pr
     assert labels is not None
     return paste(labels, props, 0, np.uint8), full_probs
 

@@ -104,7 +104,8 @@ class Predictor:
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,
             weights=options.weights, device=options.device, amp=options.amp,
-            batch_size=1 if dim == 3 else max(1, min(model.config.batch_size, 16)))
+            batch_size=1 if dim == 3 else max(1, min(model.config.batch_size, 16)),
+            sigmoid=model.plans.label_definition.has_regions)
 
     def preprocess(self, data: np.ndarray, geometry: Geometry, case_id: str) -> tuple[np.ndarray, CaseProperties]:
         pre, _, props = preprocess_case(data, None, geometry, self.model.plans, self.model.config, case_id)

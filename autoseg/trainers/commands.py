@@ -140,6 +140,7 @@ def default_rare_class_bias(data: TrainingData) -> float:
 
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
+    labels = data.plans.label_definition
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
         num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=a.class_weights,
@@ -148,7 +149,8 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
         num_workers=default_workers() if a.num_workers is None else a.num_workers, device=device, amp=a.amp,
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
         rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else default_rare_class_bias(data),
-        oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None else 0.33)
+        oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None else 0.33,
+        ignore_class=labels.ignore_class, region_classes=labels.region_classes if labels.has_regions else None)
 
 
 def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:

@@ -173,3 +173,44 @@ def test_evaluation_leaves_ignored_voxels_out(tmp_path):
     plain = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels=[1], out_json=tmp_path / "plain.json",
                              surface_distances_mm=False)
     assert plain.mean["1"]["Dice"] <= 0.5  # without the definition the ignored slab counts as false positives
+
+
+def test_regions_liver_contains_tumour_train_predict_evaluate_ensemble(autoseg_env, tmp_path):
+    """nnU-Net's region example for the liver: liver = [1, 2] (incl. tumour), tumor = 2, order [1, 2]."""
+    raw = autoseg_env["raw"] / "Dataset009_Regions"
+    write_dataset(raw, {"background": 0, "liver": [1, 2], "tumor": 2}, extra={"regions_class_order": [1, 2]})
+    assert main(["plan_and_preprocess", "-d", "9", "-c", "3d_fullres", "-np", "1"]) == 0
+    plans = load_json(autoseg_env["pre"] / "Dataset009_Regions" / "plans.json")
+    assert plans["regions_class_order"] == [1, 2]
+    assert main(["train", "-d", "9", "-f", "0", "--epochs", "1", *FAST]) == 0
+    fold = autoseg_env["res"] / "Dataset009_Regions" / "3d_fullres" / "fold_0"
+    assert load_json(fold / "training.json")["region_classes"] == [[1, 2], [2]]
+    summary = load_json(fold / "validation" / "summary.json")
+    assert summary["label_names"]["1+2"] == "liver" and summary["label_names"]["2"] == "tumor"
+    assert set(summary["mean"]) == {"1", "2", "1+2"}
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(np.mean([summary["mean"][k]["Dice"] for k in ("1+2", "2")]))
+    assert main(["find_best_configuration", "-d", "9", "-f", "0"]) == 0  # ranks on the regions, postprocessing per region
+    rules = load_json(autoseg_env["res"] / "Dataset009_Regions" / "3d_fullres" / "postprocessing.json")
+    assert set(rules["evidence"]) == {"foreground_lcc", "region_1+2_lcc", "label_2_lcc"}
+    assert set(rules["evidence"]["region_1+2_lcc"]["before"]) == {"1+2", "2"}
+    out = [tmp_path / "a", tmp_path / "b"]
+    for o, tta in zip(out, ([], ["--no-tta"])):
+        assert main(["predict", "-d", "9", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTr"), "-o", str(o),
+                     "--device", "cpu", "--save-probabilities", *tta]) == 0
+    with np.load(out[0] / "case_000_probabilities.npz") as f:
+        probs = f["probabilities"].astype(np.float32)
+    assert probs.shape[0] == 2  # one sigmoid probability per region, not a softmax over classes
+    mask = read_image(out[0] / "case_000.nii.gz")[0]
+    expected = np.zeros(mask.shape, np.uint8)
+    expected[probs[0] > 0.5] = 1
+    expected[probs[1] > 0.5] = 2
+    sure = np.all(np.abs(probs - 0.5) > 2e-3, axis=0)  # float16 files: leave out voxels at the threshold
+    assert sure.mean() > 0.9 and np.array_equal(mask[sure], expected[sure])
+    assert main(["ensemble", "-i", str(out[0]), str(out[1]), "-o", str(tmp_path / "ens")]) == 0
+    with np.load(out[1] / "case_000_probabilities.npz") as f:
+        mean = (probs + f["probabilities"].astype(np.float32)) / 2
+    expected = np.zeros(mask.shape, np.uint8)
+    expected[mean[0] > 0.5] = 1
+    expected[mean[1] > 0.5] = 2
+    sure = np.all(np.abs(mean - 0.5) > 1e-6, axis=0)
+    assert np.array_equal(read_image(tmp_path / "ens" / "case_000.nii.gz")[0][sure], expected[sure])

@@ -77,16 +77,14 @@ def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, co
     if keep_probabilities:
         full_probs = np.zeros([probs.shape[0]] + list(props.output_geometry.shape_zyx), dtype=np.float16)
     box = input_slices(props)
-    labels: np.ndarray | None = None
-    for r, value in enumerate(order):
-        pr = to_cropped_grid(probs[r:r + 1], props, plans, config)
-        if full_probs is not None:
-            full_probs[r][box] = pr
-        if labels is None:
-            labels = np.zeros(pr.shape, dtype=np.uint8)
-        labels[pr > 0.5] = value
-        del pr
-    assert labels is not None
+
+    def region_masks():  # one region in the input grid at a time
+        for r in range(len(order)):
+            pr = to_cropped_grid(probs[r:r + 1], props, plans, config)
+            if full_probs is not None:
+                full_probs[r][box] = pr
+            yield pr > 0.5
+    labels = plans.label_definition.paint_regions(region_masks())
     return paste(labels, props, 0, np.uint8), full_probs
 
 

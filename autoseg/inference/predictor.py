@@ -218,7 +218,7 @@ class CasePipeline:
             return
         assert collector.variance is not None and collector.valid is not None and collector.pass_volumes_vox is not None
         variance = map_to_original(collector.variance[collector.valid].float().cpu(), props, m.plans, m.config)
-        entropy = map_to_original(entropy_map(probs), props, m.plans, m.config)
+        entropy = map_to_original(entropy_map(probs, binary=m.plans.label_definition.has_regions), props, m.plans, m.config)
         udir = self.out_dir / UNCERTAINTY_DIR
         write_image(variance, props.output_geometry, udir / f"{cid}_uncertainty.nii.gz")
         write_image(entropy, props.output_geometry, udir / f"{cid}_entropy.nii.gz")

@@ -98,14 +98,16 @@ class UncertaintyCollector:
             self.pass_volumes_vox += counts
 
 
-def entropy_map(probs: torch.Tensor, slab_voxels: int = 1 << 24) -> torch.Tensor:
-    """Predictive entropy (nats) of (K, Z, Y, X) probabilities, as float32 (Z, Y, X); 0 ln 0 = 0."""
+def entropy_map(probs: torch.Tensor, slab_voxels: int = 1 << 24, binary: bool = False) -> torch.Tensor:
+    """Predictive entropy (nats) of (K, Z, Y, X) probabilities, as float32 (Z, Y, X); 0 ln 0 = 0.
+    ``binary`` (region-based models: each channel its own sigmoid): the sum of the channels' binary entropies."""
     out = torch.empty(probs.shape[1:], dtype=torch.float32)
     per_z = max(1, int(np.prod(probs.shape[2:], dtype=np.int64)))
     step = max(1, slab_voxels // per_z)
     for z0 in range(0, probs.shape[1], step):
         p = probs[:, z0:z0 + step].float()
-        out[z0:z0 + step] = -(torch.special.xlogy(p, p)).sum(0)
+        h = torch.special.xlogy(p, p) + (torch.special.xlogy(1 - p, 1 - p) if binary else 0)
+        out[z0:z0 + step] = -h.sum(0)
     return out
 
 

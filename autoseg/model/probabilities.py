@@ -5,7 +5,7 @@ combined by ``autoseg ensemble`` and by model selection's ensemble candidates.
 grid (class k = k-th label value in ascending order, ignore excluded), beside ``<case>_probabilities.json``
 (:class:`ProbabilityInfo`: labels, geometry, mask file name). For a region-based dataset channel r
 is region r's sigmoid probability (regions in dataset.json order) and masks are made with
-nnU-Net's rule (:func:`combine_regions`).
+nnU-Net's rule (:func:`combine_saved`).
 """
 
 from __future__ import annotations
@@ -67,9 +67,7 @@ def combine(probabilities: Sequence[np.ndarray], weights: Sequence[float], label
     """
     best = labels = None
     for k in range(probabilities[0].shape[0]):
-        pk = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
-        for p, w in zip(probabilities, weights):
-            pk += np.float32(w) * p[k]
+        pk = weighted_channel(probabilities, weights, k)
         if best is None:
             best, labels = pk, np.full(pk.shape, label_values[0], dtype=np.uint8)
             continue
@@ -81,15 +79,11 @@ def combine(probabilities: Sequence[np.ndarray], weights: Sequence[float], label
     return labels, best
 
 
-def combine_regions(probabilities: Sequence[np.ndarray], weights: Sequence[float], regions_class_order: Sequence[int]) -> np.ndarray:
-    """Weighted sum of (R, Z, Y, X) region probabilities -> uint8 label map: ``regions_class_order[r]``
-    painted where region r's combined probability is > 0.5, in order (later regions win)."""
-    out = np.zeros(probabilities[0].shape[1:], dtype=np.uint8)
-    for r, value in enumerate(regions_class_order):
-        pr = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
-        for p, w in zip(probabilities, weights):
-            pr += np.float32(w) * p[r]
-        out[pr > 0.5] = value
+def weighted_channel(probabilities: Sequence[np.ndarray], weights: Sequence[float], k: int) -> np.ndarray:
+    """float32 ``sum_i weights[i] * probabilities[i][k]``."""
+    out = np.zeros(probabilities[0].shape[1:], dtype=np.float32)
+    for p, w in zip(probabilities, weights):
+        out += np.float32(w) * p[k]
     return out
 
 
@@ -99,9 +93,9 @@ def definition_of(info: ProbabilityInfo) -> LabelDefinition:
 
 def combine_saved(probabilities: Sequence[np.ndarray], weights: Sequence[float], info: ProbabilityInfo) -> np.ndarray:
     """The uint8 label map of saved probabilities combined with ``weights``, by the labels in ``info``
-    (argmax over classes, or regions painted in ``regions_class_order``)."""
+    (argmax over classes; or, region-based, nnU-Net's rule: each region's combined probability > 0.5,
+    painted in ``regions_class_order``)."""
     d = definition_of(info)
     if d.has_regions:
-        assert d.regions_class_order is not None
-        return combine_regions(probabilities, weights, d.regions_class_order)
+        return d.paint_regions(weighted_channel(probabilities, weights, r) > 0.5 for r in range(probabilities[0].shape[0]))
     return combine(probabilities, weights, d.class_values)[0]

@@ -214,3 +214,56 @@ def test_regions_liver_contains_tumour_train_predict_evaluate_ensemble(autoseg_e
     expected[mean[1] > 0.5] = 2
     sure = np.all(np.abs(mean - 0.5) > 1e-6, axis=0)
     assert np.array_equal(read_image(tmp_path / "ens" / "case_000.nii.gz")[0][sure], expected[sure])
+
+
+def _kidney_case(folder: Path, name: str = "k") -> np.ndarray:
+    """Kidney (3) with a mass (7) inside on a 1 mm grid: references and predictions identical."""
+    from autoseg.io.images import Geometry
+    geom = Geometry([8, 16, 16], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    seg = np.zeros((8, 16, 16), np.uint8)
+    seg[2:6, 3:13, 3:13] = 3
+    seg[3:5, 5:8, 5:8] = 7
+    for sub in ("ref", "pred"):
+        write_image(seg, geom, folder / sub / f"{name}.nii.gz")
+    write_image(np.full(seg.shape, 40, np.int16), geom, folder / "img" / f"{name}_0000.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidney": 3, "mass": 7}}))
+    return seg
+
+
+def test_clinical_organ_and_lesion_are_configurable(tmp_path):
+    """"mass" is not named like a lesion: no clinical read-out unless --organ-label/--lesion-label say so."""
+    seg = _kidney_case(tmp_path)
+    ref, pred, dj = tmp_path / "ref", tmp_path / "pred", tmp_path / "dataset.json"
+    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--dataset-json", str(dj)]) == 0
+    assert "clinical" not in load_json(pred / "summary.json")["metric_per_case"][0]
+    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--dataset-json", str(dj), "--organ-label", "3", "--lesion-label", "7"]) == 0
+    case = load_json(pred / "summary.json")["metric_per_case"][0]
+    assert case["clinical"]["liver_volume_ml"]["ref"] == pytest.approx(np.count_nonzero(seg) / 1000)  # organ incl. lesion
+    assert case["clinical"]["tumor_volume_ml"]["ref"] == pytest.approx(np.count_nonzero(seg == 7) / 1000)
+    assert case["metrics"]["7"]["lesion_n_ref"] == 1
+    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--dataset-json", str(dj), "-l", "3", "5"]) == 1  # 5 is no label
+    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--lesion-label", "9", "-l", "3", "7"]) == 1
+    out = tmp_path / "r.html"
+    assert main(["report", "-i", str(tmp_path / "img"), "-p", str(pred), "-r", str(ref), "-o", str(out),
+                 "--dataset-json", str(dj), "--organ-label", "3", "--lesion-label", "7"]) == 0
+    page = out.read_text()
+    assert ">kidney</span>" in page and ">mass</span>" in page and "liver" not in page.split("<h2>")[0]
+
+
+def test_msd_converter_keeps_any_values_and_refuses_shared_names(tmp_path):
+    from autoseg.datasets.converters import convert_msd
+    from autoseg.datasets.layout import load_dataset_info
+    from autoseg.io.images import Geometry
+    task = tmp_path / "Task09_Gap"
+    geom = Geometry([4, 4, 4], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    write_image(np.zeros((4, 4, 4), np.int16), geom, task / "imagesTr" / "a.nii.gz")
+    write_image(np.full((4, 4, 4), 5, np.uint8), geom, task / "labelsTr" / "a.nii.gz")
+    meta = {"name": "Gap", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "5": "cancer"}, "numTraining": 1,
+            "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}]}
+    (task / "dataset.json").write_text(json.dumps(meta))
+    convert_msd(task, tmp_path / "out")
+    assert load_dataset_info(tmp_path / "out").label_definition.class_values == [0, 1, 5]
+    meta["labels"] = {"0": "background", "1": "liver", "2": "liver"}
+    (task / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(AutosegError, match="share a name"):
+        convert_msd(task, tmp_path / "out2")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from autoseg.datasets.labels import LabelDefinition
 from autoseg.errors import AutosegError
-from autoseg.evaluation.clinical import clinical_summary, compare_summaries
+from autoseg.evaluation.clinical import clinical_labels, clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
                                         region_key)
 from autoseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
@@ -162,6 +162,10 @@ def evaluation_scope(definition: LabelDefinition | None, labels: Sequence[int] |
     labels = sorted(int(v) for v in (labels if labels is not None else names))
     if not labels:
         raise AutosegError(f"{where}: no foreground labels to evaluate; pass -l 1 2")
+    unknown = [v for v in labels if definition is not None and v not in definition.foreground_values]
+    if unknown:
+        raise AutosegError(f"{where}: -l {' '.join(map(str, unknown))} is not a foreground label value of this dataset "
+                           f"({definition.foreground_values if definition else ''}; the ignore label is never scored); pick from those")
     by_regions = definition is not None and definition.has_regions and regions is None
     declared = [as_region(v) for v in definition.region_values] if definition is not None and by_regions else []
     if regions is None:
@@ -170,14 +174,6 @@ def evaluation_scope(definition: LabelDefinition | None, labels: Sequence[int] |
     averaged = declared if by_regions else [as_region(v) for v in labels]
     return EvaluationScope(names, labels, [as_region(r) for r in regions], averaged, region_names,
                            definition.ignore_value if definition is not None else None)
-
-
-def tumor_label_of(label_names: dict[int, str]) -> int | None:
-    """The label whose name says tumour/lesion (lesion-wise detection is computed for it)."""
-    for value, name in sorted(label_names.items()):
-        if any(word in name.lower() for word in ("tumor", "tumour", "lesion", "cancer", "metasta")):
-            return value
-    return None
 
 
 def region_name(region: Region, label_names: dict[int, str], all_labels: Sequence[int]) -> str:
@@ -189,12 +185,13 @@ def region_name(region: Region, label_names: dict[int, str], all_labels: Sequenc
 
 def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
                   surface_distances_mm: bool = True, label_names: dict[int, str] | None = None,
-                  ignore: int | None = None) -> dict:
+                  ignore: int | None = None, organ_label: int | None = None) -> dict:
     """Metrics of one case; refuses a prediction whose grid differs from the reference.
 
     A DICOM SEG reference (``.dcm``) is rasterised onto the prediction's grid; its segments map
     to labels by name (``label_names``), else by segment number. Voxels whose reference is the
-    ``ignore`` value count in no metric (they are background in both maps).
+    ``ignore`` value count in no metric (they are background in both maps). With a ``tumor_label``
+    (the lesion) the clinical read-out compares ``organ_label`` (default: the lowest other label) and it.
     """
     pred, pred_geom = read_image(pred_path, dtype=np.int16)
     if ref_path.name.lower().endswith(SEG_SUFFIX):
@@ -212,7 +209,8 @@ def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_
     out = {"case": strip_suffix(ref_path.name, True), "reference_file": str(ref_path),
            "prediction_file": str(pred_path), "metrics": metrics}
     if tumor_label is not None:  # the clinical numbers a radiologist reads, predicted vs reference
-        liver = min((r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
+        liver = organ_label if organ_label is not None else min(
+            (r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
         out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, liver, tumor_label),
                                             clinical_summary(ref, ref_geom.spacing_zyx, liver, tumor_label))
     return out
@@ -247,24 +245,26 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
                      regions: Sequence[Sequence[int]] | None = None, out_json: Path | str | None = None,
                      out_csv: Path | str | None = None, num_workers: int = 1, *,
                      dataset_json: Path | str | None = None, label_names: dict[int, str] | None = None,
-                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True) -> EvaluationSummary:
+                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True,
+                     organ_label: int | None = None, lesion_label: int | None = None) -> EvaluationSummary:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; write and return the summary.
 
     ``labels`` default to the foreground labels of ``dataset_json`` (or liver=1, tumor=2);
     ``regions`` default to all labels together (``dice_all``) when there are several.
     ``out_json`` defaults to ``pred_dir/summary.json``; ``out_csv`` to the same name with
-    ``.csv``. Returns the written :class:`EvaluationSummary`.
+    ``.csv``. Returns the written :class:`EvaluationSummary`. The clinical read-out's organ and
+    lesion: ``organ_label`` / ``lesion_label``, else by name (:func:`~autoseg.evaluation.clinical.clinical_labels`).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     scope = evaluation_scope(label_definition_of(dataset_json), labels, regions, label_names, str(dataset_json or "labels"))
     names, labels = scope.names, scope.labels
     all_regions = list(dict.fromkeys([as_region(v) for v in labels] + scope.regions + scope.averaged))
-    tumor_label = tumor_label_of(names)
-    tumor_label = tumor_label if tumor_label in labels else None
+    roles = clinical_labels({v: names.get(v, f"label{v}") for v in labels}, organ_label, lesion_label)
 
     ref_files, pred_files = list_label_files(ref_dir, dicom_seg=True), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
-    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm, names, scope.ignore) for c in cases]
+    jobs = [(ref_files[c], pred_files[c], all_regions, roles.lesion if roles else None, surface_distances_mm, names, scope.ignore,
+             roles.organ if roles else None) for c in cases]
     per_case = map_cases(_evaluate_case_star, jobs, num_workers, "evaluate")
 
     means = mean_metrics([c["metrics"] for c in per_case])

@@ -92,8 +92,8 @@ def test_resolve_dataset_by_name_id_and_path(autoseg_env):
 
 
 @pytest.mark.parametrize("labels, extra, message", [
-    ({"background": 0, "liver": 1, "ignore": 1}, {}, "'ignore' label must be one value higher"),
-    ({"background": 0, "liver": 3, "ignore": 2}, {}, "'ignore' label must be one value higher"),
+    ({"background": 0, "liver": 1, "ignore": 1}, {}, "'ignore' label must have the highest value"),
+    ({"background": 0, "liver": 3, "ignore": 2}, {}, "'ignore' label must have the highest value"),
     ({"background": 0, "liver": [1, 2], "tumor": 2}, {}, "need 'regions_class_order'"),
     ({"background": 0, "liver": [1, 2], "tumor": 2}, {"regions_class_order": [1]}, "has 1 entries but there are 2 regions"),
     ({"background": 0, "liver": 1, "tumor": 1}, {}, "several names"),

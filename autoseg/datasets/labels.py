@@ -73,8 +73,8 @@ class LabelDefinition:
             ig = self.labels[IGNORE_NAME]
             others = [x for n, v in self.labels.items() if n != IGNORE_NAME for x in (v if isinstance(v, list) else [v])]
             if not isinstance(ig, int) or (others and ig <= max(others)):
-                raise AutosegError(f"{where}: the 'ignore' label must be one value higher than every other label "
-                                   f"(it is {ig}, others go up to {max(others)}); renumber it in dataset.json and the label files")
+                raise AutosegError(f"{where}: the 'ignore' label must have the highest value, one integer above every other "
+                                   f"label's (it is {ig}, others go up to {max(others)}); renumber it in dataset.json and the label files")
         self._check_unique(where)
         if self.has_regions:
             self._check_regions(where)

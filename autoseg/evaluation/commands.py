@@ -109,11 +109,22 @@ def collect_report_cases(images: Path, predictions: Path, ref: Path | None, unce
     return cases
 
 
+def report_roles(args: argparse.Namespace) -> ClinicalLabels:
+    """The organ and lesion the report draws and measures: ``--organ-label``/``--lesion-label``, named by
+    ``--dataset-json``; liver 1 / tumour 2 when nothing is given."""
+    definition = label_definition_of(args.dataset_json)
+    given = [v for v in (args.organ_label, args.lesion_label) if v is not None]
+    if definition is None and not given:
+        return ClinicalLabels()
+    names = evaluation_scope(definition, None, None, None, str(args.dataset_json)).names
+    if definition is None:
+        names = {**{v: f"label{v}" for v in given}, **names}
+    return clinical_labels(names, args.organ_label, args.lesion_label) or ClinicalLabels()
+
+
 def run_report(args: argparse.Namespace) -> int:
     cases = collect_report_cases(args.images, args.predictions, args.ref, args.uncertainty)
-    names = evaluation_scope(label_definition_of(args.dataset_json), None, None, None, str(args.dataset_json)).names
-    roles = clinical_labels(names, args.organ_label, args.lesion_label) or ClinicalLabels()
-    out = write_report(cases, args.output, args.curves, roles)
+    out = write_report(cases, args.output, args.curves, report_roles(args))
     print(f"report with {len(cases)} case(s): {out}")
     return 0
 

@@ -185,13 +185,13 @@ def region_name(region: Region, label_names: dict[int, str], all_labels: Sequenc
 
 def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
                   surface_distances_mm: bool = True, label_names: dict[int, str] | None = None,
-                  ignore: int | None = None, organ_label: int | None = None) -> dict:
+                  ignore: int | None = None, organ_label: int = 1) -> dict:
     """Metrics of one case; refuses a prediction whose grid differs from the reference.
 
     A DICOM SEG reference (``.dcm``) is rasterised onto the prediction's grid; its segments map
     to labels by name (``label_names``), else by segment number. Voxels whose reference is the
     ``ignore`` value count in no metric (they are background in both maps). With a ``tumor_label``
-    (the lesion) the clinical read-out compares ``organ_label`` (default: the lowest other label) and it.
+    (the lesion) the clinical read-out compares ``organ_label`` and it.
     """
     pred, pred_geom = read_image(pred_path, dtype=np.int16)
     if ref_path.name.lower().endswith(SEG_SUFFIX):
@@ -209,10 +209,8 @@ def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_
     out = {"case": strip_suffix(ref_path.name, True), "reference_file": str(ref_path),
            "prediction_file": str(pred_path), "metrics": metrics}
     if tumor_label is not None:  # the clinical numbers a radiologist reads, predicted vs reference
-        liver = organ_label if organ_label is not None else min(
-            (r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
-        out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, liver, tumor_label),
-                                            clinical_summary(ref, ref_geom.spacing_zyx, liver, tumor_label))
+        out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, organ_label, tumor_label),
+                                            clinical_summary(ref, ref_geom.spacing_zyx, organ_label, tumor_label))
     return out
 
 
@@ -250,7 +248,8 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; write and return the summary.
 
     ``labels`` default to the foreground labels of ``dataset_json`` (or liver=1, tumor=2);
-    ``regions`` default to all labels together (``dice_all``) when there are several.
+    ``regions`` default to a region-based dataset's regions, else all labels together (``dice_all``)
+    when there are several (:func:`evaluation_scope`); reference voxels of its ignore label are not counted.
     ``out_json`` defaults to ``pred_dir/summary.json``; ``out_csv`` to the same name with
     ``.csv``. Returns the written :class:`EvaluationSummary`. The clinical read-out's organ and
     lesion: ``organ_label`` / ``lesion_label``, else by name (:func:`~autoseg.evaluation.clinical.clinical_labels`).
@@ -264,7 +263,7 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
     ref_files, pred_files = list_label_files(ref_dir, dicom_seg=True), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
     jobs = [(ref_files[c], pred_files[c], all_regions, roles.lesion if roles else None, surface_distances_mm, names, scope.ignore,
-             roles.organ if roles else None) for c in cases]
+             roles.organ if roles else 1) for c in cases]
     per_case = map_cases(_evaluate_case_star, jobs, num_workers, "evaluate")
 
     means = mean_metrics([c["metrics"] for c in per_case])

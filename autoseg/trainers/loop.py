@@ -247,8 +247,9 @@ def train_step(state: TrainState, batch: dict) -> float:
 
 
 def validate_patches(state: TrainState, loader: BackgroundLoader, n: int) -> tuple[list[float], np.ndarray]:
-    """``n`` validation batches: their losses and (K-1, 3) tp/fp/fn counts of the full-resolution output."""
-    losses, counts = [], np.zeros((len(state.cfg.region_classes or []) or state.cfg.num_classes - 1, 3))
+    """``n`` validation batches: their losses and (K-1, 3) (regions: (R, 3)) tp/fp/fn counts of the full-resolution output."""
+    cfg = state.cfg
+    losses, counts = [], np.zeros((len(cfg.region_classes) if cfg.region_classes is not None else cfg.num_classes - 1, 3))
     state.model.eval()
     with torch.no_grad():
         for _ in range(n):

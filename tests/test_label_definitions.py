@@ -76,8 +76,9 @@ def test_any_label_values_train_predict_evaluate(autoseg_env, tmp_path):
     assert set(summary["mean"]) >= {"1", "5"} and summary["label_names"]["5"] == "tumor"
     out = tmp_path / "pred"
     assert main(["predict", "-d", "7", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTr"), "-o", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--uncertainty"]) == 0
     assert mask_values(out) <= {0, 1, 5}
+    assert set(load_json(out / "uncertainty" / "case_000_uncertainty.json")["volume_ml_per_pass"]) == {"foreground", "liver", "tumor"}
     assert mask_values(out) - {0}  # foreground predicted (an untrained net predicts every class somewhere)
     assert main(["evaluate", "-r", str(raw / "labelsTr"), "-p", str(out), "--dataset-json", str(raw / "dataset.json")]) == 0
     assert set(load_json(out / "summary.json")["mean"]) >= {"1", "5"}
@@ -194,7 +195,7 @@ def test_regions_liver_contains_tumour_train_predict_evaluate_ensemble(autoseg_e
     assert set(rules["evidence"]) == {"foreground_lcc", "region_1+2_lcc", "label_2_lcc"}
     assert set(rules["evidence"]["region_1+2_lcc"]["before"]) == {"1+2", "2"}
     out = [tmp_path / "a", tmp_path / "b"]
-    for o, tta in zip(out, ([], ["--no-tta"])):
+    for o, tta in zip(out, (["--uncertainty"], ["--no-tta"])):
         assert main(["predict", "-d", "9", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTr"), "-o", str(o),
                      "--device", "cpu", "--save-probabilities", *tta]) == 0
     with np.load(out[0] / "case_000_probabilities.npz") as f:
@@ -206,6 +207,9 @@ def test_regions_liver_contains_tumour_train_predict_evaluate_ensemble(autoseg_e
     expected[probs[1] > 0.5] = 2
     sure = np.all(np.abs(probs - 0.5) > 2e-3, axis=0)  # float16 files: leave out voxels at the threshold
     assert sure.mean() > 0.9 and np.array_equal(mask[sure], expected[sure])
+    unc = load_json(out[0] / "uncertainty" / "case_000_uncertainty.json")  # passes painted like the mask
+    assert set(unc["volume_ml_per_pass"]) == {"foreground", "liver", "tumor"} and unc["n_passes"] == 8
+    assert all(f == pytest.approx(a + b, abs=1e-3) for f, a, b in zip(*(unc["volume_ml_per_pass"][k] for k in ("foreground", "liver", "tumor"))))
     assert main(["ensemble", "-i", str(out[0]), str(out[1]), "-o", str(tmp_path / "ens")]) == 0
     with np.load(out[1] / "case_000_probabilities.npz") as f:
         mean = (probs + f["probabilities"].astype(np.float32)) / 2

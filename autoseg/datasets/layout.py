@@ -55,11 +55,6 @@ class DatasetInfo:
     def num_channels(self) -> int:
         return len(self.channel_names)
 
-    @property
-    def label_values(self) -> list[int]:
-        """Every value a label file may hold (ignore included), ascending."""
-        return self.label_definition.all_values
-
     def channel_kind(self, channel: int) -> str:
         """``CT``, ``MR`` or ``grey`` for one channel (from ``channel_names`` unless overridden)."""
         if self.intensity_kind:

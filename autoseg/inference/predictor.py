@@ -33,7 +33,7 @@ from autoseg.inference.export import export_prediction, segment
 from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.runtimes import load_networks
 from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
-from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
+from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize, volume_names
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
 from autoseg.io.json_io import check_writable, remove_stale_temps, save_json
 from autoseg.model.probabilities import probability_paths
@@ -206,7 +206,8 @@ class CasePipeline:
                 assert self.first_stage is not None and item.lowres is not None
                 prev = self.first_stage.segment(*item.lowres)
             data = np.concatenate([data, onehot_previous_stage(prev, item.props, self.model.plans, self.model.config)])
-        collector = UncertaintyCollector(self.model.num_classes) if self.options.uncertainty else None
+        collector = UncertaintyCollector(self.model.num_classes, self.model.plans.label_definition.has_regions) \
+            if self.options.uncertainty else None
         return self.predictor.probabilities(data, collector), collector
 
     def export(self, case: InputCase, props: CaseProperties, probs: torch.Tensor, collector: UncertaintyCollector | None) -> None:
@@ -223,7 +224,7 @@ class CasePipeline:
         write_image(variance, props.output_geometry, udir / f"{cid}_uncertainty.nii.gz")
         write_image(entropy, props.output_geometry, udir / f"{cid}_entropy.nii.gz")
         voxel_ml = float(np.prod(props.spacing_after_resampling)) / 1000.0
-        names = m.plans.label_definition.mask_names
+        names = volume_names(m.plans.label_definition)
         summary = summarize(cid, seg, variance, entropy, collector.pass_volumes_vox.numpy(), voxel_ml, names)
         save_json(summary, udir / f"{cid}_uncertainty.json")
 

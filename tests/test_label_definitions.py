@@ -271,3 +271,22 @@ def test_msd_converter_keeps_any_values_and_refuses_shared_names(tmp_path):
     (task / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(AutosegError, match="share a name"):
         convert_msd(task, tmp_path / "out2")
+
+
+def test_cascade_inputs_are_the_classes_of_the_previous_masks(autoseg_env):
+    """A cascade's one-hot input channels are the foreground *classes* of the first stage's mask, whose
+    values are the user's (liver [1, 5] ⊃ tumour 5, ignore 6): value 1 -> channel 0, value 5 -> channel 1."""
+    from autoseg.planners.plans import Plans
+    from autoseg.preprocessing.case_store import load_case
+    from autoseg.preprocessing.preprocessor import onehot_previous_stage
+    raw = autoseg_env["raw"] / "Dataset010_Cascade"
+    write_dataset(raw, {"background": 0, "liver": [1, 5], "tumor": 5, "ignore": 6}, {2: 5}, n=2,
+                  extra={"regions_class_order": [1, 5]})
+    assert main(["plan_and_preprocess", "-d", "10", "-c", "3d_fullres", "-np", "1"]) == 0
+    pre = autoseg_env["pre"] / "Dataset010_Cascade"
+    plans = Plans.load(pre / "plans.json")
+    _, seg, props = load_case(pre / "autosegPlans_3d_fullres", "case_000")
+    mask = read_image(raw / "labelsTr" / "case_000.nii.gz")[0].astype(np.uint8)
+    onehot = onehot_previous_stage(mask, props, plans, plans.configurations["3d_fullres"])
+    assert onehot.shape[0] == 2 and np.array_equal(onehot[0], seg[0] == 1) and np.array_equal(onehot[1], seg[0] == 2)
+    assert onehot[1].sum() > 0

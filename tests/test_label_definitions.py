@@ -290,3 +290,13 @@ def test_cascade_inputs_are_the_classes_of_the_previous_masks(autoseg_env):
     onehot = onehot_previous_stage(mask, props, plans, plans.configurations["3d_fullres"])
     assert onehot.shape[0] == 2 and np.array_equal(onehot[0], seg[0] == 1) and np.array_equal(onehot[1], seg[0] == 2)
     assert onehot[1].sum() > 0
+
+
+def test_report_names_the_organ_of_a_region_dataset(tmp_path):
+    """Regions liver [1, 2] ⊃ tumour 2: the masks' value 1 is drawn and named as the liver."""
+    _kidney_case(tmp_path)
+    dj = tmp_path / "dataset.json"
+    dj.write_text(json.dumps({"labels": {"background": 0, "liver": [3, 7], "tumor": 7}, "regions_class_order": [3, 7]}))
+    out = tmp_path / "r.html"
+    assert main(["report", "-i", str(tmp_path / "img"), "-p", str(tmp_path / "pred"), "-o", str(out), "--dataset-json", str(dj)]) == 0
+    assert ">liver</span>" in out.read_text() and ">tumor</span>" in out.read_text()

@@ -11,7 +11,8 @@ from pathlib import Path
 from autoseg.datasets.splits import parse_folds
 from autoseg.errors import AutosegError
 from autoseg.evaluation.clinical import ClinicalLabels, clinical_labels
-from autoseg.evaluation.evaluate import EvaluationSummary, evaluate_folders, evaluation_scope, label_definition_of, list_label_files
+from autoseg.evaluation.evaluate import (DEFAULT_LABEL_NAMES, EvaluationSummary, evaluate_folders, label_definition_of,
+                                        list_label_files)
 from autoseg.evaluation.report import ReportCase, write_report
 from autoseg.io.images import image_suffix
 
@@ -111,14 +112,13 @@ def collect_report_cases(images: Path, predictions: Path, ref: Path | None, unce
 
 def report_roles(args: argparse.Namespace) -> ClinicalLabels:
     """The organ and lesion the report draws and measures: ``--organ-label``/``--lesion-label``, named by
-    ``--dataset-json``; liver 1 / tumour 2 when nothing is given."""
+    ``--dataset-json`` (a region-based dataset names each painted value by its region: liver [1, 2] -> 1
+    "liver"); liver 1 / tumour 2 when nothing is given."""
     definition = label_definition_of(args.dataset_json)
     given = [v for v in (args.organ_label, args.lesion_label) if v is not None]
     if definition is None and not given:
         return ClinicalLabels()
-    names = evaluation_scope(definition, None, None, None, str(args.dataset_json)).names
-    if definition is None:
-        names = {**{v: f"label{v}" for v in given}, **names}
+    names = definition.mask_names if definition is not None else {**{v: f"label{v}" for v in given}, **DEFAULT_LABEL_NAMES}
     return clinical_labels(names, args.organ_label, args.lesion_label) or ClinicalLabels()
 
 

@@ -154,9 +154,10 @@ class CasePipeline:
             raise AutosegError(f"configuration {model.configuration} needs its previous stage: train "
                                f"{model.config.previous_stage} or pass --prev-stage-predictions DIR")
         if model.config.is_cascade:
-            if extra != model.plans.label_definition.num_classes - 1:
+            n_onehot = model.plans.label_definition.num_classes - 1
+            if extra != n_onehot:
                 raise AutosegError(f"{model.folder}: cascade networks take {model.num_input_channels} channels, expected "
-                                   f"{model.num_image_channels} image + {model.plans.label_definition.num_classes - 1} one-hot; retrain the cascade")
+                                   f"{model.num_image_channels} image + {n_onehot} one-hot; retrain the cascade")
         elif extra != 0:
             raise AutosegError(f"{model.folds[0].checkpoint.parent / 'training.json'}: network takes {model.num_input_channels} "
                                f"channels but the dataset has {model.num_image_channels}; check training.json")

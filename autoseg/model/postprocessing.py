@@ -3,8 +3,9 @@ cross-validation predictions, applied by ``predict`` and ``ensemble`` to every m
 
 ``postprocessing.json`` (:class:`PostprocessingRules`) says whether to keep only the largest
 connected component of all foreground together, for which labels to keep only that
-label's largest component, and (region-based datasets) for which regions -- several label values
-together, e.g. liver incl. tumour ``[1, 2]`` -- to keep only the region's largest component. Components are 26-connected (8 in 2D). Voxels removed by either
+label's largest component, and (region-based datasets) for which regions -- several label
+values together, e.g. liver incl. tumour ``[1, 2]`` -- to keep only the region's largest
+component. Components are 26-connected (8 in 2D). Voxels removed by either
 step become background (0), as in nnU-Net, not the surrounding label.
 """
 

@@ -194,12 +194,23 @@ class LabelDefinition:
 
     # -- conversions -------------------------------------------------------------------------
     def to_classes(self, seg: np.ndarray) -> np.ndarray:
-        """Label values -> int8 classes (ignore -> ``ignore_class``). Values not declared raise ValueError."""
+        """Label values -> int8 classes (ignore -> ``ignore_class``). Values not declared raise ValueError.
+
+        Values that are already their classes (0..K-1, ignore K: most datasets) come back as they are;
+        otherwise the map is applied one slice (last two axes) at a time, so no int64 copy of a CT's
+        label map is made.
+        """
         lut = self._lut()
         seg = np.asarray(seg)
         if seg.size and (int(seg.min()) < 0 or int(seg.max()) >= len(lut)):
             raise ValueError(f"label values outside 0..{len(lut) - 1}")
-        out = lut[seg.astype(np.intp, copy=False)]
+        if np.array_equal(lut, np.arange(len(lut))):
+            return seg.astype(np.int8, copy=False)
+        out = np.empty(seg.shape, np.int8)
+        rows = seg.reshape(-1, seg.shape[-2] * seg.shape[-1]) if seg.ndim >= 2 else seg.reshape(1, -1)
+        out_rows = out.reshape(rows.shape)
+        for i in range(rows.shape[0]):
+            out_rows[i] = lut[rows[i]]
         if out.size and int(out.min()) < 0:
             raise ValueError(f"undeclared label value(s) {sorted(set(np.unique(seg[out < 0]).tolist()))}")
         return out

@@ -155,6 +155,14 @@ def test_region_loss_is_low_for_the_right_regions():
     assert loss(right, target) < 0.01 < 1.5 < loss(wrong, target)
 
 
+def test_region_training_refuses_other_losses_and_class_weights():
+    from autoseg.trainers.losses import build_loss
+    with pytest.raises(AutosegError, match="region-based dataset trains with dice_ce"):
+        build_loss("gdl", 2, batch_dice=False, regions=[[1, 2], [2]])
+    with pytest.raises(AutosegError, match="with class weights"):
+        build_loss("dice_ce", 2, batch_dice=False, class_weights=[1.0, 2.0], regions=[[1, 2], [2]])
+
+
 def test_evaluation_leaves_ignored_voxels_out(tmp_path):
     from autoseg.evaluation.evaluate import evaluate_folders
     from autoseg.io.images import Geometry

@@ -92,15 +92,19 @@ def test_resolve_dataset_by_name_id_and_path(autoseg_env):
 
 
 @pytest.mark.parametrize("labels, extra, message", [
-    ({"background": 0, "liver": 1, "tumor": 5}, {}, "not consecutive"),
-    ({"background": 0, "liver": [1, 2], "tumor": 2}, {"regions_class_order": [1, 2]}, "region-based"),
-    ({"background": 0, "liver": 1, "ignore": 2}, {}, "'ignore' label"),
+    ({"background": 0, "liver": 1, "ignore": 1}, {}, "'ignore' label must have the highest value"),
+    ({"background": 0, "liver": 3, "ignore": 2}, {}, "'ignore' label must have the highest value"),
+    ({"background": 0, "liver": [1, 2], "tumor": 2}, {}, "need 'regions_class_order'"),
+    ({"background": 0, "liver": [1, 2], "tumor": 2}, {"regions_class_order": [1]}, "has 1 entries but there are 2 regions"),
+    ({"background": 0, "liver": 1, "tumor": 1}, {}, "several names"),
+    ({"liver": 1}, {}, "background as 0"),
 ])
-def test_unsupported_label_definitions_are_one_line(tmp_path, labels, extra, message):
+def test_bad_label_definitions_are_one_line(tmp_path, labels, extra, message):
     import json
     from autoseg.datasets.layout import load_dataset_info
     from autoseg.errors import AutosegError
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1,
                                                        "file_ending": ".nii.gz", **extra}))
-    with pytest.raises(AutosegError, match=message):
+    with pytest.raises(AutosegError, match=message) as e:
         load_dataset_info(tmp_path)
+    assert "\n" not in str(e.value) and str(tmp_path / "dataset.json") in str(e.value)

@@ -18,39 +18,42 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg.datasets.labels import LabelDefinition
 from autoseg.errors import AutosegError
 from autoseg.io.json_io import load_json, save_json
 
 log = logging.getLogger("autoseg")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-MAX_LABEL = 127  # label maps are stored as int8 after preprocessing
 
 
 @dataclass
 class DatasetInfo:
     """The parsed ``dataset.json``.
 
-    ``labels`` maps name -> integer value (``{"background": 0, "liver": 1, "tumor": 2}``).
+    ``labels`` maps name -> value (``{"background": 0, "liver": 1, "tumor": 2}``), or to a list of
+    values for a region (with ``regions_class_order``); what they mean is :attr:`label_definition`
+    (:mod:`autoseg.datasets.labels`).
     ``intensity_kind`` is ``"CT"`` (Hounsfield units), ``"MR"`` or ``"grey"`` (arbitrary grey
     levels, e.g. PNG exports); it picks the normalisation when the plans do not override it.
     """
 
     name: str
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     numTraining: int
     file_ending: str = ".nii.gz"
     description: str = ""
     intensity_kind: str = ""
     dataset: dict[str, dict] | None = None
+    regions_class_order: list[int] | None = None
+
+    @property
+    def label_definition(self) -> LabelDefinition:
+        return LabelDefinition.from_json(self.labels, self.regions_class_order)
 
     @property
     def num_channels(self) -> int:
         return len(self.channel_names)
-
-    @property
-    def label_values(self) -> list[int]:
-        return sorted(int(v) for v in self.labels.values())
 
     def channel_kind(self, channel: int) -> str:
         """``CT``, ``MR`` or ``grey`` for one channel (from ``channel_names`` unless overridden)."""
@@ -62,6 +65,8 @@ class DatasetInfo:
     def to_json(self) -> dict:
         out = {"name": self.name, "description": self.description, "channel_names": self.channel_names,
                "labels": self.labels, "numTraining": self.numTraining, "file_ending": self.file_ending}
+        if self.regions_class_order is not None:
+            out["regions_class_order"] = self.regions_class_order
         if self.intensity_kind:
             out["intensity_kind"] = self.intensity_kind
         if self.dataset is not None:
@@ -80,38 +85,13 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise AutosegError(f"{path}: missing key(s) {', '.join(missing)}; add them (see README, raw layout)")
-    _refuse_unsupported_labels(path, data)
-    try:
-        labels = {str(k): int(v) for k, v in data["labels"].items()}
-    except (TypeError, ValueError, AttributeError):
-        raise AutosegError(f"{path}: 'labels' must map names to integers, e.g. {{\"background\": 0, \"liver\": 1}}") from None
-    if 0 not in labels.values():
-        raise AutosegError(f"{path}: 'labels' must declare background as 0")
-    out_of_range = sorted(v for v in labels.values() if not 0 <= v <= MAX_LABEL)
-    if out_of_range:  # preprocessed label maps are stored as int8
-        raise AutosegError(f"{path}: label value(s) {out_of_range} outside 0..{MAX_LABEL}; renumber the labels (files and dataset.json)")
-    values = sorted(labels.values())
-    if values != list(range(len(values))):  # classes are label values: a gap would index past the network's outputs
-        raise AutosegError(f"{path}: label values {values} are not consecutive from 0; renumber them 0..{len(values) - 1} "
-                           f"in dataset.json and in the label files (autoseg does not remap label values yet)")
+    labels = LabelDefinition.from_json(data["labels"], data.get("regions_class_order"), str(path))
     if not isinstance(data["channel_names"], dict) or not data["channel_names"]:
         raise AutosegError(f"{path}: 'channel_names' must be a non-empty object like {{\"0\": \"CT\"}}")
     return DatasetInfo(name=str(data.get("name", Path(folder).name)), channel_names={str(k): str(v) for k, v in data["channel_names"].items()},
-                       labels=labels, numTraining=int(data["numTraining"]), file_ending=str(data["file_ending"]),
+                       labels=labels.labels, numTraining=int(data["numTraining"]), file_ending=str(data["file_ending"]),
                        description=str(data.get("description", "")), intensity_kind=str(data.get("intensity_kind", "")),
-                       dataset=data.get("dataset"))
-
-
-def _refuse_unsupported_labels(path: Path, data: dict) -> None:
-    """nnU-Net's region-based labels and its ``ignore`` label are not supported yet: one clear line,
-    never a dataset trained as something it is not."""
-    labels = data["labels"] if isinstance(data.get("labels"), dict) else {}
-    if "regions_class_order" in data or any(isinstance(v, (list, tuple)) for v in labels.values()):
-        raise AutosegError(f"{path}: region-based labels (list values, regions_class_order) are not supported by autoseg yet; "
-                           f"give each label one integer value")
-    if "ignore" in labels:
-        raise AutosegError(f"{path}: the 'ignore' label is not supported by autoseg yet (it would be trained as a class); "
-                           f"remove it and the voxels marked with it, or label them")
+                       dataset=data.get("dataset"), regions_class_order=labels.regions_class_order)
 
 
 def save_dataset_info(info: DatasetInfo, folder: Path) -> None:

@@ -1,4 +1,10 @@
-"""Clinical read-out of a liver/tumour segmentation: volumes, tumour burden, lesion list.
+"""Clinical read-out of an organ/lesion segmentation (liver/tumour by default): volumes, tumour
+burden, lesion list.
+
+Which label is the organ and which the lesion is a :class:`ClinicalLabels` (``evaluate`` and
+``report`` take ``--organ-label`` / ``--lesion-label``; by default the lesion is the label named
+like one -- tumour, lesion, cancer, metastasis -- and the organ the lowest other label, else
+liver 1 / tumour 2). The summary's keys keep the liver's names (``liver_volume_ml`` is the organ's).
 
 Conventions:
 
@@ -17,14 +23,44 @@ Conventions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
+from autoseg.errors import AutosegError
 from autoseg.evaluation.metrics import connected_components
 from autoseg.io.images import Geometry
+
+LESION_WORDS = ("tumor", "tumour", "lesion", "cancer", "metasta")
+
+
+@dataclass(frozen=True)
+class ClinicalLabels:
+    """The organ's and the lesion's label values (and names) in the clinical read-out."""
+
+    organ: int = 1
+    lesion: int = 2
+    organ_name: str = "liver"
+    lesion_name: str = "tumour"
+
+
+def clinical_labels(names: dict[int, str], organ: int | None = None, lesion: int | None = None) -> ClinicalLabels | None:
+    """The roles among the labels ``names`` (``{value: name}``): given values win, else the lesion is
+    the first label named like one and the organ the lowest other label. None when no lesion is
+    given or found (no clinical read-out); a given value that is not a label is refused."""
+    for given, role in ((organ, "organ"), (lesion, "lesion")):
+        if given is not None and given not in names:
+            raise AutosegError(f"--{role}-label {given}: not one of the labels evaluated ({sorted(names)}); pick one of them")
+    if lesion is None:
+        lesion = next((v for v, n in sorted(names.items()) if any(w in n.lower() for w in LESION_WORDS)), None)
+    if lesion is None:
+        return None
+    if organ is None:
+        organ = min((v for v in names if v != lesion), default=1)
+    return ClinicalLabels(organ, lesion, names.get(organ, f"label{organ}"), names.get(lesion, f"label{lesion}"))
 
 _CORNERS = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from autoseg.datasets.splits import parse_folds
 from autoseg.errors import AutosegError
-from autoseg.evaluation.evaluate import EvaluationSummary, evaluate_folders, list_label_files
+from autoseg.evaluation.clinical import ClinicalLabels, clinical_labels
+from autoseg.evaluation.evaluate import (DEFAULT_LABEL_NAMES, EvaluationSummary, evaluate_folders, label_definition_of,
+                                        list_label_files)
 from autoseg.evaluation.report import ReportCase, write_report
 from autoseg.io.images import image_suffix
 
@@ -24,8 +26,17 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
                         help="labels to evaluate (default: dataset.json's, else 1 2)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="summary JSON (default PRED/summary.json)")
     parser.add_argument("--csv", type=Path, default=None, help="per-case CSV (default: the summary's name with .csv)")
-    parser.add_argument("--dataset-json", type=Path, default=None, help="dataset.json whose labels name the classes")
+    parser.add_argument("--dataset-json", type=Path, default=None,
+                        help="dataset.json whose labels name the classes (regions and the ignore label included)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes evaluating cases in parallel (default 1)")
+    add_clinical_label_options(parser)
+
+
+def add_clinical_label_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--organ-label", type=int, default=None,
+                        help="label value of the organ in the clinical read-out (default: the lowest label that is not the lesion; liver 1)")
+    parser.add_argument("--lesion-label", type=int, default=None,
+                        help="label value of the lesion (default: the label named tumour/lesion/cancer/metastasis; tumour 2)")
 
 
 def format_mean_table(summary: EvaluationSummary) -> str:
@@ -42,7 +53,7 @@ def format_mean_table(summary: EvaluationSummary) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     out_json = args.output if args.output is not None else args.pred / "summary.json"
     summary = evaluate_folders(args.ref, args.pred, args.labels, None, out_json, args.csv, args.num_processes,
-                               dataset_json=args.dataset_json)
+                               dataset_json=args.dataset_json, organ_label=args.organ_label, lesion_label=args.lesion_label)
     print(f"{summary.num_cases} case(s) evaluated")
     if summary.missing_predictions:
         missing = summary.missing_predictions
@@ -61,6 +72,8 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
                         help="folder of uncertainty maps (<case>_uncertainty or <case>), optional")
     parser.add_argument("-o", "--output", required=True, type=Path, help="report .html to write")
     parser.add_argument("--curves", type=Path, default=None, help="training curves PNG to embed")
+    parser.add_argument("--dataset-json", type=Path, default=None, help="dataset.json whose labels name the organ and lesion")
+    add_clinical_label_options(parser)
 
 
 def _files_by_case(folder: Path, strip: str | None, skip_other_channels: bool) -> dict[str, Path]:
@@ -97,9 +110,21 @@ def collect_report_cases(images: Path, predictions: Path, ref: Path | None, unce
     return cases
 
 
+def report_roles(args: argparse.Namespace) -> ClinicalLabels:
+    """The organ and lesion the report draws and measures: ``--organ-label``/``--lesion-label``, named by
+    ``--dataset-json`` (a region-based dataset names each painted value by its region: liver [1, 2] -> 1
+    "liver"); liver 1 / tumour 2 when nothing is given."""
+    definition = label_definition_of(args.dataset_json)
+    given = [v for v in (args.organ_label, args.lesion_label) if v is not None]
+    if definition is None and not given:
+        return ClinicalLabels()
+    names = definition.mask_names if definition is not None else {**{v: f"label{v}" for v in given}, **DEFAULT_LABEL_NAMES}
+    return clinical_labels(names, args.organ_label, args.lesion_label) or ClinicalLabels()
+
+
 def run_report(args: argparse.Namespace) -> int:
     cases = collect_report_cases(args.images, args.predictions, args.ref, args.uncertainty)
-    out = write_report(cases, args.output, args.curves)
+    out = write_report(cases, args.output, args.curves, report_roles(args))
     print(f"report with {len(cases)} case(s): {out}")
     return 0
 

@@ -26,8 +26,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from autoseg.datasets.labels import LabelDefinition
 from autoseg.errors import AutosegError
-from autoseg.evaluation.clinical import clinical_summary, compare_summaries
+from autoseg.evaluation.clinical import clinical_labels, clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics, mean_metrics,
                                         region_key)
 from autoseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
@@ -119,27 +120,60 @@ def list_label_files(folder: Path | str, dicom_seg: bool = False) -> dict[str, P
     return found
 
 
-def label_names_from_dataset_json(path: Path | str | None) -> dict[int, str]:
-    """``{label_value: name}`` of the foreground labels in a dataset.json (default liver/tumor)."""
+def label_definition_of(path: Path | str | None) -> LabelDefinition | None:
+    """The label definition of a dataset.json (None without one)."""
     if path is None:
-        return dict(DEFAULT_LABEL_NAMES)
+        return None
     data = load_json(path)
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict):
         raise AutosegError(f"{path}: no 'labels' mapping; expected {{\"background\": 0, \"liver\": 1, ...}}")
-    names = {}
-    for name, value in labels.items():
-        if isinstance(value, (int, float)) and int(value) != 0:
-            names[int(value)] = str(name)
-    return names
+    return LabelDefinition.from_json(labels, data.get("regions_class_order"), str(path))
 
 
-def tumor_label_of(label_names: dict[int, str]) -> int | None:
-    """The label whose name says tumour/lesion (lesion-wise detection is computed for it)."""
-    for value, name in sorted(label_names.items()):
-        if any(word in name.lower() for word in ("tumor", "tumour", "lesion", "cancer", "metasta")):
-            return value
-    return None
+@dataclass
+class EvaluationScope:
+    """What is scored: single label values, regions (tuples of values) beyond them, which of these
+    make ``foreground_mean``, their names, and the ignore value (its reference voxels are not counted)."""
+
+    names: dict[int, str]
+    labels: list[int]
+    regions: list[Region]
+    averaged: list[Region]
+    region_names: dict[str, str]
+    ignore: int | None
+
+
+def _value_names(definition: LabelDefinition | None) -> dict[int, str]:
+    """Names of single values: their own label's; in a region-based dataset a value without one is
+    ``label<v>`` (the region's name belongs to the region: ``"liver": [1, 2]`` is "liver", 1 alone is "label1")."""
+    if definition is None:
+        return dict(DEFAULT_LABEL_NAMES)
+    own = definition.value_names
+    return {v: own.get(v, f"label{v}") for v in sorted(definition.mask_names)}
+
+
+def evaluation_scope(definition: LabelDefinition | None, labels: Sequence[int] | None, regions: Sequence[Sequence[int]] | None,
+                     label_names: dict[int, str] | None, where: str) -> EvaluationScope:
+    """Labels default to the definition's mask values (liver 1, tumor 2 without one); regions to a
+    region-based dataset's declared regions, else all labels together. A region-based dataset's
+    ``foreground_mean`` is over its regions (as nnU-Net ranks it), else over the single labels."""
+    names = dict(label_names) if label_names is not None else _value_names(definition)
+    labels = sorted(int(v) for v in (labels if labels is not None else names))
+    if not labels:
+        raise AutosegError(f"{where}: no foreground labels to evaluate; pass -l 1 2")
+    unknown = [v for v in labels if definition is not None and v not in definition.foreground_values]
+    if unknown:
+        raise AutosegError(f"{where}: -l {' '.join(map(str, unknown))} is not a foreground label value of this dataset "
+                           f"({definition.foreground_values if definition else ''}; the ignore label is never scored); pick from those")
+    by_regions = definition is not None and definition.has_regions and regions is None
+    declared = [as_region(v) for v in definition.region_values] if definition is not None and by_regions else []
+    if regions is None:
+        regions = [r for r in declared if len(r) > 1] if by_regions else ([tuple(labels)] if len(labels) > 1 else [])
+    region_names = {region_key(r): n for r, n in zip(declared, definition.region_names)} if definition and by_regions else {}
+    averaged = declared if by_regions else [as_region(v) for v in labels]
+    return EvaluationScope(names, labels, [as_region(r) for r in regions], averaged, region_names,
+                           definition.ignore_value if definition is not None else None)
 
 
 def region_name(region: Region, label_names: dict[int, str], all_labels: Sequence[int]) -> str:
@@ -150,11 +184,14 @@ def region_name(region: Region, label_names: dict[int, str], all_labels: Sequenc
 
 
 def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_label: int | None,
-                  surface_distances_mm: bool = True, label_names: dict[int, str] | None = None) -> dict:
+                  surface_distances_mm: bool = True, label_names: dict[int, str] | None = None,
+                  ignore: int | None = None, organ_label: int = 1) -> dict:
     """Metrics of one case; refuses a prediction whose grid differs from the reference.
 
     A DICOM SEG reference (``.dcm``) is rasterised onto the prediction's grid; its segments map
-    to labels by name (``label_names``), else by segment number.
+    to labels by name (``label_names``), else by segment number. Voxels whose reference is the
+    ``ignore`` value count in no metric (they are background in both maps). With a ``tumor_label``
+    (the lesion) the clinical read-out compares ``organ_label`` and it.
     """
     pred, pred_geom = read_image(pred_path, dtype=np.int16)
     if ref_path.name.lower().endswith(SEG_SUFFIX):
@@ -165,13 +202,15 @@ def evaluate_case(ref_path: Path, pred_path: Path, regions: list[Region], tumor_
     if (diff := ref_geom.matches(pred_geom)) is not None:
         raise AutosegError(f"{pred_path}: grid differs from reference {ref_path.name} ({diff}); "
                            f"predict on the reference's grid (resample the prediction back)")
+    if ignore is not None:
+        ignored = ref == ignore
+        ref[ignored], pred[ignored] = 0, 0
     metrics = compute_case_metrics(ref, pred, ref_geom.spacing_zyx, regions, tumor_label, surface_distances_mm)
     out = {"case": strip_suffix(ref_path.name, True), "reference_file": str(ref_path),
            "prediction_file": str(pred_path), "metrics": metrics}
     if tumor_label is not None:  # the clinical numbers a radiologist reads, predicted vs reference
-        liver = min((r[0] for r in regions if len(r) == 1 and r[0] != tumor_label), default=1)
-        out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, liver, tumor_label),
-                                            clinical_summary(ref, ref_geom.spacing_zyx, liver, tumor_label))
+        out["clinical"] = compare_summaries(clinical_summary(pred, pred_geom.spacing_zyx, organ_label, tumor_label),
+                                            clinical_summary(ref, ref_geom.spacing_zyx, organ_label, tumor_label))
     return out
 
 
@@ -204,37 +243,36 @@ def evaluate_folders(ref_dir: Path | str, pred_dir: Path | str, labels: list[int
                      regions: Sequence[Sequence[int]] | None = None, out_json: Path | str | None = None,
                      out_csv: Path | str | None = None, num_workers: int = 1, *,
                      dataset_json: Path | str | None = None, label_names: dict[int, str] | None = None,
-                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True) -> EvaluationSummary:
+                     case_ids: Sequence[str] | None = None, surface_distances_mm: bool = True,
+                     organ_label: int | None = None, lesion_label: int | None = None) -> EvaluationSummary:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; write and return the summary.
 
     ``labels`` default to the foreground labels of ``dataset_json`` (or liver=1, tumor=2);
-    ``regions`` default to all labels together (``dice_all``) when there are several.
+    ``regions`` default to a region-based dataset's regions, else all labels together (``dice_all``)
+    when there are several (:func:`evaluation_scope`); reference voxels of its ignore label are not counted.
     ``out_json`` defaults to ``pred_dir/summary.json``; ``out_csv`` to the same name with
-    ``.csv``. Returns the written :class:`EvaluationSummary`.
+    ``.csv``. Returns the written :class:`EvaluationSummary`. The clinical read-out's organ and
+    lesion: ``organ_label`` / ``lesion_label``, else by name (:func:`~autoseg.evaluation.clinical.clinical_labels`).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
-    names = dict(label_names) if label_names is not None else label_names_from_dataset_json(dataset_json)
-    labels = sorted(int(v) for v in (labels if labels is not None else names))
-    if not labels:
-        raise AutosegError(f"{dataset_json or 'labels'}: no foreground labels to evaluate; pass -l 1 2")
-    if regions is None:
-        regions = [tuple(labels)] if len(labels) > 1 else []
-    all_regions = [as_region(v) for v in labels] + [as_region(r) for r in regions]
-    tumor_label = tumor_label_of(names)
-    tumor_label = tumor_label if tumor_label in labels else None
+    scope = evaluation_scope(label_definition_of(dataset_json), labels, regions, label_names, str(dataset_json or "labels"))
+    names, labels = scope.names, scope.labels
+    all_regions = list(dict.fromkeys([as_region(v) for v in labels] + scope.regions + scope.averaged))
+    roles = clinical_labels({v: names.get(v, f"label{v}") for v in labels}, organ_label, lesion_label)
 
     ref_files, pred_files = list_label_files(ref_dir, dicom_seg=True), list_label_files(pred_dir)
     cases, missing_predictions = match_cases(ref_files, pred_files, pred_dir, case_ids)
-    jobs = [(ref_files[c], pred_files[c], all_regions, tumor_label, surface_distances_mm, names) for c in cases]
+    jobs = [(ref_files[c], pred_files[c], all_regions, roles.lesion if roles else None, surface_distances_mm, names, scope.ignore,
+             roles.organ if roles else 1) for c in cases]
     per_case = map_cases(_evaluate_case_star, jobs, num_workers, "evaluate")
 
     means = mean_metrics([c["metrics"] for c in per_case])
-    label_keys = [region_key(v) for v in labels]
-    common = [m for m in means[label_keys[0]] if all(m in means[k] for k in label_keys)]
-    foreground_mean = {m: _nanmean([means[k][m] for k in label_keys]) for m in common}
+    keys = [region_key(r) for r in scope.averaged]
+    common = [m for m in means[keys[0]] if all(m in means[k] for k in keys)]
+    foreground_mean = {m: _nanmean([means[k][m] for k in keys]) for m in common}
     summary = EvaluationSummary(per_case, means, foreground_mean,
-                                {region_key(r): region_name(r, names, labels) for r in all_regions},
-                                len(per_case), missing_predictions)
+                                {region_key(r): scope.region_names.get(region_key(r)) or region_name(r, names, labels)
+                                 for r in all_regions}, len(per_case), missing_predictions)
     out_json = Path(out_json) if out_json is not None else pred_dir / "summary.json"
     save_json(summary, out_json)
     write_metrics_csv(summary, Path(out_csv) if out_csv is not None else out_json.with_suffix(".csv"))

@@ -28,7 +28,7 @@ from autoseg.evaluation.postprocessing import determine_postprocessing
 from autoseg.io.images import write_image
 from autoseg.io.json_io import save_json
 from autoseg.model.probabilities import SUFFIX as PROBABILITIES_SUFFIX
-from autoseg.model.probabilities import cases_with_probabilities, combine, load_probabilities
+from autoseg.model.probabilities import cases_with_probabilities, combine_saved, load_probabilities
 from autoseg.model.selection import BestConfiguration, RankedCandidate
 
 
@@ -71,7 +71,7 @@ def ensemble_folder(dataset: str, members: list[Path], name: str, ending: str) -
     weights = [1.0 / len(members)] * len(members)
     for c in tqdm(cases, desc=f"ensemble {name}", unit="case"):
         probs, infos = zip(*(load_probabilities(m, c) for m in members))
-        seg, _ = combine(probs, weights, sorted(int(v) for v in infos[0].labels.values()))
+        seg = combine_saved(probs, weights, infos[0])
         write_image(seg, infos[0].geometry, dest / f"{c}{ending}")
     return dest
 
@@ -110,15 +110,19 @@ def find_best_configuration(dataset: str | None, folds: list[int] | None = None,
     best = ranking[0]
     members = paths.ensemble_members(best.name)
     is_ens = len(members) > 1
-    labels = sorted(int(k) for k in best.per_label_dice if "+" not in k)
+    definition = load_dataset_info(raw).label_definition
+    # region-based: postprocessing per region (nnU-Net); else per label
+    units = definition.region_values if definition.has_regions else sorted(int(k) for k in best.per_label_dice if "+" not in k)
     rules_target = (candidates[best.name] if is_ens else paths.results_dataset_dir(name) / best.name) / paths.POSTPROCESSING_FILE
-    rules = determine_postprocessing(ref, candidates[best.name], labels, rules_json=rules_target, num_workers=num_workers)
+    rules = determine_postprocessing(ref, candidates[best.name], units, rules_json=rules_target, num_workers=num_workers,
+                                     ignore=definition.ignore_value)
     # predict without -c reads this file and runs the ensemble's members, averages them, applies its rules
     cmd = f"autoseg predict -d {name} -i IN -o OUT" + ("" if is_ens else f" -c {best.name}")
     result = BestConfiguration(configuration=members[0], ensemble=members if is_ens else None, folds=folds,
                                mean_foreground_dice=best.mean_foreground_dice, postprocessing=str(rules_target),
                                postprocessing_rules={"keep_largest_foreground": rules.keep_largest_foreground,
-                                                     "keep_largest_for_labels": rules.keep_largest_for_labels},
+                                                     "keep_largest_for_labels": rules.keep_largest_for_labels,
+                                                     "keep_largest_for_regions": rules.keep_largest_for_regions},
                                ranking=ranking, predict_command=cmd)
     save_json(result, paths.results_dataset_dir(name) / paths.BEST_CONFIGURATION_FILE)
     return result

@@ -30,15 +30,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.clinical import centroid_zyx, clinical_summary, compare_summaries
+from autoseg.evaluation.clinical import ClinicalLabels, centroid_zyx, clinical_summary, compare_summaries
 from autoseg.evaluation.metrics import compute_case_metrics, connected_components
 from autoseg.io.images import Geometry, read_image
 from autoseg.io.json_io import atomic_write_bytes
 
 LIVER_WINDOW_HU = (-150.0, 250.0)  # width 400, level 50
-FILL_COLOURS = {1: ((0, 255, 0), 0.35), 2: ((255, 0, 0), 0.55)}  # label: (RGB, opacity)
+FILL_COLOURS = {"organ": ((0, 255, 0), 0.35), "lesion": ((255, 0, 0), 0.55)}  # role: (RGB, opacity)
 OTHER_FILL = ((0, 128, 255), 0.45)
-CONTOUR_COLOURS = {1: (255, 255, 0), 2: (0, 255, 255)}
+CONTOUR_COLOURS = {"organ": (255, 255, 0), "lesion": (0, 255, 255)}
 OTHER_CONTOUR = (255, 0, 255)
 PANEL_LONG_SIDE_PX = 384
 PANEL_MAX_SIDE_PX = 1024
@@ -89,21 +89,22 @@ def _contour(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
 
 
-def overlay_rgb(grey_u8: np.ndarray, pred: np.ndarray, ref: np.ndarray | None, liver_label: int = 1) -> np.ndarray:
+def overlay_rgb(grey_u8: np.ndarray, pred: np.ndarray, ref: np.ndarray | None, roles: ClinicalLabels = ClinicalLabels()) -> np.ndarray:
     """(H, W, 3) uint8: grey CT, prediction labels blended in, reference as 1-pixel outlines.
 
-    The liver outline is drawn around all reference foreground (the organ including its
-    tumours), every other label around its own voxels.
+    The organ outline (``roles.organ``, liver by default) is drawn around all reference foreground
+    (the organ including its lesions), every other label around its own voxels.
     """
+    role = {roles.organ: "organ", roles.lesion: "lesion"}
     rgb = np.repeat(grey_u8[..., None], 3, axis=2).astype(np.float32)
     for label in [v for v in np.unique(pred) if v > 0]:
-        colour, alpha = FILL_COLOURS.get(int(label), OTHER_FILL)
+        colour, alpha = FILL_COLOURS.get(role.get(int(label), ""), OTHER_FILL)
         mask = pred == label
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour, dtype=np.float32)
     if ref is not None:
         for label in [v for v in np.unique(ref) if v > 0]:
-            mask = ref > 0 if label == liver_label else ref == label
-            rgb[_contour(mask)] = CONTOUR_COLOURS.get(int(label), OTHER_CONTOUR)
+            mask = ref > 0 if label == roles.organ else ref == label
+            rgb[_contour(mask)] = CONTOUR_COLOURS.get(role.get(int(label), ""), OTHER_CONTOUR)
     return rgb.round().astype(np.uint8)
 
 
@@ -143,12 +144,12 @@ def png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def choose_views(pred: np.ndarray, ref: np.ndarray | None, liver_label: int, tumor_label: int) -> dict[str, tuple[int, int]]:
+def choose_views(pred: np.ndarray, ref: np.ndarray | None, roles: ClinicalLabels) -> dict[str, tuple[int, int]]:
     """``{view: (axis, index)}`` in display orientation: axial_lesion (if a lesion), axial_liver, coronal."""
     views: dict[str, tuple[int, int]] = {}
     sources = [pred] + ([ref] if ref is not None else [])
     for seg in sources:
-        labelled, n = connected_components(seg == tumor_label)
+        labelled, n = connected_components(seg == roles.lesion)
         if n:
             largest = int(np.argmax(np.bincount(labelled.ravel())[1:])) + 1
             per_slice = np.count_nonzero(labelled == largest, axis=(1, 2))
@@ -156,7 +157,7 @@ def choose_views(pred: np.ndarray, ref: np.ndarray | None, liver_label: int, tum
             break
     centre = [s // 2 for s in pred.shape]
     for seg in sources:
-        organ = (seg == liver_label) | (seg == tumor_label)
+        organ = (seg == roles.organ) | (seg == roles.lesion)
         if organ.any():
             centre = [int(round(c)) for c in centroid_zyx(organ)]
             break
@@ -224,19 +225,20 @@ def _metrics_html(metrics: dict, names: dict[str, str]) -> str:
     return html_out
 
 
-def render_case(case: ReportCase, liver_label: int, tumor_label: int, window: tuple[float, float] | None) -> str:
+def render_case(case: ReportCase, roles: ClinicalLabels, window: tuple[float, float] | None) -> str:
     """The HTML section of one case (pictures embedded)."""
     image, geometry = read_image(case.image_path)
     pred = _read_matching(case.prediction_path, geometry, "prediction", np.int16)
     ref = _read_matching(case.reference_path, geometry, "reference", np.int16) if case.reference_path else None
     unc = _read_matching(case.uncertainty_path, geometry, "uncertainty", np.float32) if case.uncertainty_path else None
-    clinical = case.clinical or clinical_summary(pred, geometry.spacing_zyx, liver_label, tumor_label, geometry)
+    clinical = case.clinical or clinical_summary(pred, geometry.spacing_zyx, roles.organ, roles.lesion, geometry)
     comparison = None
     metrics = case.metrics
     if ref is not None:
-        comparison = compare_summaries(clinical, clinical_summary(ref, geometry.spacing_zyx, liver_label, tumor_label))
+        comparison = compare_summaries(clinical, clinical_summary(ref, geometry.spacing_zyx, roles.organ, roles.lesion))
         if metrics is None:
-            metrics = compute_case_metrics(ref, pred, geometry.spacing_zyx, [liver_label, tumor_label, (liver_label, tumor_label)], tumor_label)
+            metrics = compute_case_metrics(ref, pred, geometry.spacing_zyx, [roles.organ, roles.lesion, (roles.organ, roles.lesion)],
+                                           roles.lesion)
 
     image_d, spacing = to_display_orientation(image, geometry)
     pred_d = to_display_orientation(pred, geometry)[0]
@@ -245,14 +247,14 @@ def render_case(case: ReportCase, liver_label: int, tumor_label: int, window: tu
     unc_top = float(np.nanmax(unc)) if unc is not None and np.isfinite(unc).any() else 0.0  # one scale per case
     cid = html.escape(case.case_id, quote=True)
     figures = []
-    for view, (axis, index) in choose_views(pred_d, ref_d, liver_label, tumor_label).items():
+    for view, (axis, index) in choose_views(pred_d, ref_d, roles).items():
         spacing_rc = [spacing[1], spacing[2]] if axis == 0 else [spacing[0], spacing[2]]
         plane = _slice(image_d, axis, index)
         size = display_shape(plane.shape, spacing_rc)
         grey = window_to_uint8(resize_nearest(plane, size), window)
         panels = {"ct": np.repeat(grey[..., None], 3, axis=2),
                   "overlay": overlay_rgb(grey, resize_nearest(_slice(pred_d, axis, index), size),
-                                         resize_nearest(_slice(ref_d, axis, index), size), liver_label)}
+                                         resize_nearest(_slice(ref_d, axis, index), size), roles)}
         caption = f"{view.replace('_', ' ')} ({'z' if axis == 0 else 'y'} = {index})"
         if unc_d is not None:
             panels["uncertainty"] = heat_rgb(resize_nearest(_slice(unc_d, axis, index), size), unc_top)
@@ -260,7 +262,8 @@ def render_case(case: ReportCase, liver_label: int, tumor_label: int, window: tu
         imgs = "".join(f'<img data-case="{cid}" data-view="{view}" data-panel="{name}" alt="{name}" '
                        f'src="{png_data_uri(rgb)}">' for name, rgb in panels.items())
         figures.append(f'<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>')
-    names = {str(liver_label): "liver", str(tumor_label): "tumour", f"{liver_label}+{tumor_label}": "liver + tumour"}
+    o, les = roles.organ, roles.lesion
+    names = {str(o): roles.organ_name, str(les): roles.lesion_name, f"{min(o, les)}+{max(o, les)}": f"{roles.organ_name} + {roles.lesion_name}"}
     parts = [f'<section class="case" id="case-{cid}"><h2>{html.escape(case.case_id)}</h2>', "".join(figures),
              "<h3>Clinical summary</h3>", _clinical_html(clinical, comparison)]
     if metrics:
@@ -271,28 +274,31 @@ def render_case(case: ReportCase, liver_label: int, tumor_label: int, window: tu
 _STYLE = """body{font-family:sans-serif;margin:2em;background:#fafafa}figure{display:inline-block;margin:0 1em 1em 0}
 img{margin-right:4px;image-rendering:pixelated}table{border-collapse:collapse;margin:0.5em 0}
 td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}th{background:#eee}.legend span{padding:0 6px;margin-right:8px}"""
-_LEGEND = ('<p class="legend">Prediction: <span style="background:#00ff00">liver</span><span style="background:#ff0000">tumour</span>'
-           ' Reference outline: <span style="background:#ffff00">liver</span><span style="background:#00ffff">tumour</span>'
-           ' CT window W 400 / L 50 HU. Axial: patient right on the left; coronal: head at the top.</p>')
+def _legend(roles: ClinicalLabels) -> str:
+    organ, lesion = html.escape(roles.organ_name), html.escape(roles.lesion_name)
+    return (f'<p class="legend">Prediction: <span style="background:#00ff00">{organ}</span><span style="background:#ff0000">{lesion}</span>'
+            f' Reference outline: <span style="background:#ffff00">{organ}</span><span style="background:#00ffff">{lesion}</span>'
+            ' CT window W 400 / L 50 HU. Axial: patient right on the left; coronal: head at the top.</p>')
 
 
 def write_report(cases: list[ReportCase], out_html: Path | str, training_curves_png: Path | str | None = None,
-                 liver_label: int = 1, tumor_label: int = 2,
+                 roles: ClinicalLabels = ClinicalLabels(),
                  window: tuple[float, float] | None = LIVER_WINDOW_HU) -> Path:
     """Render ``cases`` into one self-contained HTML file (written atomically); returns its path.
 
+    ``roles``: the organ's and lesion's label values and names (liver 1 / tumour 2 by default).
     ``window`` is the display window in image units (default liver window -150..250 HU);
     None scales each slice between its 0.5 and 99.5 percentiles (non-CT images).
     """
     out_html = Path(out_html)
-    body = ["<h1>autoseg segmentation report</h1>", _LEGEND]
+    body = ["<h1>autoseg segmentation report</h1>", _legend(roles)]
     if training_curves_png is not None:
         curves = Path(training_curves_png)
         if not curves.is_file():
             raise AutosegError(f"{curves}: training curves image not found; pass an existing PNG or leave --curves out")
         uri = "data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode("ascii")
         body.append(f'<h2>Training curves</h2><img data-panel="training_curves" alt="training curves" src="{uri}">')
-    body += [render_case(case, liver_label, tumor_label, window) for case in tqdm(cases, desc="report", unit="case")]
+    body += [render_case(case, roles, window) for case in tqdm(cases, desc="report", unit="case")]
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>autoseg report</title><style>{_STYLE}</style>'
             f'</head><body>{"".join(body)}</body></html>')
     atomic_write_bytes(out_html, page.encode("utf-8"))

@@ -99,8 +99,12 @@ def label_values(seg: np.ndarray, path: Path) -> list[int]:
     return [int(v) + lo for v in np.flatnonzero(counts)]
 
 
-def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: int) -> tuple[CaseFingerprint, np.ndarray, int]:
-    """Check one case and return its fingerprint, foreground samples (C, n) and image dimension (2 or 3)."""
+def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: int,
+                      ignore: int | None = None) -> tuple[CaseFingerprint, np.ndarray, int]:
+    """Check one case and return its fingerprint, foreground samples (C, n) and image dimension (2 or 3).
+
+    ``labels``: the values a label file may hold; ``ignore``: the ignore label's value, which is not
+    foreground (neither in the intensity samples nor in the foreground box)."""
     data, geom = read_case(case.images)
     ndim = read_header(case.images[0])[0]
     assert case.label is not None
@@ -111,10 +115,10 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     undeclared = [v for v in present if v not in labels]
     if undeclared:
         raise AutosegError(f"{case.label}: label value(s) {undeclared} not declared in dataset.json labels {labels}; declare or remove them")
-    fg_box = foreground_box(seg)
+    fg_box = foreground_box(seg, ignore)
     bbox = nonzero_bbox(data)
     data_c, seg_c = crop(data, bbox), crop(seg[None], bbox)[0]
-    fg = seg_c > 0
+    fg = (seg_c > 0) if ignore is None else (seg_c > 0) & (seg_c != ignore)
     del seg, seg_c
     rng = np.random.default_rng(seed)
     n_fg = int(np.count_nonzero(fg))
@@ -129,11 +133,12 @@ def _case_fingerprint(case: CaseFiles, labels: list[int], n_samples: int, seed: 
     return fp, samples, ndim
 
 
-def foreground_box(seg: np.ndarray) -> list[list[int]] | None:
-    """Half-open (Z, Y, X) box of ``seg > 0``; None for a case without foreground."""
+def foreground_box(seg: np.ndarray, ignore: int | None = None) -> list[list[int]] | None:
+    """Half-open (Z, Y, X) box of ``seg > 0`` (the ``ignore`` value excluded); None for a case without foreground."""
     box = []
+    fg = (seg > 0) if ignore is None else (seg > 0) & (seg != ignore)
     for axis in range(seg.ndim):
-        nz = np.flatnonzero((seg > 0).any(axis=tuple(a for a in range(seg.ndim) if a != axis)))
+        nz = np.flatnonzero(fg.any(axis=tuple(a for a in range(seg.ndim) if a != axis)))
         if nz.size == 0:
             return None
         box.append([int(nz[0]), int(nz[-1]) + 1])
@@ -174,7 +179,8 @@ def extract_fingerprint(name: str, info: DatasetInfo, cases: list[CaseFiles], nu
     if not cases:
         raise AutosegError(f"dataset {name}: no training cases found; add images to imagesTr and labels to labelsTr")
     per_case = max(MIN_PER_CASE, SAMPLE_BUDGET // len(cases))
-    jobs = [(c, info.label_values, per_case, seed + i) for i, c in enumerate(cases)]
+    labels = info.label_definition
+    jobs = [(c, labels.all_values, per_case, seed + i, labels.ignore_value) for i, c in enumerate(cases)]
     results = []
     bar = tqdm(total=len(jobs), desc="fingerprint", unit="case")
     if num_processes <= 1:

@@ -124,7 +124,7 @@ def run_predict(a: argparse.Namespace) -> int:
         summary.skipped += seg_done
         model_name = f"{dataset_dir.name} {'+'.join(confs)} folds {','.join(model.fold_names)}"
         summary.failed.update(seg_output.write_seg_outputs(cases, summary.predicted, a.output, formats,
-                                                           model.plans.labels, model_name, codes))
+                                                           model.plans.label_definition.mask_labels, model_name, codes))
     for line in problems:  # "path: what is wrong; what to do" -- said once, on stderr
         print(f"error: {line}", file=sys.stderr)
         summary.failed[line.split(": ", 1)[0]] = line.split(": ", 1)[-1]

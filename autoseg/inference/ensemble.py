@@ -29,7 +29,7 @@ from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import IMAGE_SUFFIXES, write_image
 from autoseg.io.json_io import check_writable, remove_stale_temps
 from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
-from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine, load_probabilities,
+from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine_saved, load_probabilities,
                                          write_probabilities)
 from autoseg.model.selection import ensemble_rules_file
 from autoseg.model.trained import TrainedModel
@@ -82,8 +82,7 @@ def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights:
             out_path = out_dir / info.segmentation_file
             if out_path.is_file() and not overwrite:
                 continue
-            values = sorted(int(v) for v in info.labels.values())
-            seg, _ = combine(probs, w, values)
+            seg = combine_saved(probs, w, info)
             if rules is not None:
                 seg = apply_postprocessing(seg, rules)
             write_image(seg, info.geometry, out_path)
@@ -104,7 +103,7 @@ def _check_compatible(case: str, folders: Sequence[Path], probs: Sequence[np.nda
         if p.shape != probs[0].shape:
             raise AutosegError(f"{f}: {case} probabilities have shape {p.shape}, {folders[0]} has {probs[0].shape}; "
                                f"ensemble predictions of the same images")
-        if info.labels != infos[0].labels:
+        if info.labels != infos[0].labels or info.regions_class_order != infos[0].regions_class_order:
             raise AutosegError(f"{f}: {case} labels {info.labels} differ from {folders[0]} ({infos[0].labels})")
         if (diff := infos[0].geometry.matches(info.geometry)) is not None:
             raise AutosegError(f"{f}: {case} geometry differs from {folders[0]} ({diff}); ensemble predictions of the same images")

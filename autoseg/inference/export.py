@@ -29,11 +29,14 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
             keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(K, *preprocessed) probabilities -> uint8 (Z, Y, X) labels in the input grid.
 
-    Class k maps to the k-th label value in ascending order. With ``keep_probabilities``
+    Class k maps to the k-th label value in ascending order (``LabelDefinition.class_values``, so a
+    dataset labelled 0, 1, 5 gets masks of 0, 1, 5 back). With ``keep_probabilities``
     also returns float16 (K, Z, Y, X) probabilities in the input grid (background 1 outside
-    the crop box). Ties go to the lower class.
+    the crop box). Ties go to the lower class. Region-based plans: see :func:`segment_regions`.
     """
-    values = sorted(int(v) for v in plans.labels.values())
+    if plans.label_definition.has_regions:
+        return segment_regions(probs, props, plans, config, keep_probabilities)
+    values = plans.label_definition.class_values
     if len(values) != probs.shape[0]:
         raise ValueError(f"{probs.shape[0]} predicted classes but plans list {len(values)} labels")
     best: np.ndarray | None = None
@@ -61,6 +64,30 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
     return paste(labels, props, 0, np.uint8), full_probs
 
 
+def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
+                    keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(R, *preprocessed) region probabilities -> uint8 labels in the input grid by nnU-Net's rule:
+    ``regions_class_order[r]`` painted where region r's probability is > 0.5, in order (later regions
+    overwrite earlier ones). Probabilities kept: float16 (R, Z, Y, X), 0 outside the crop box."""
+    order = plans.label_definition.regions_class_order
+    assert order is not None
+    if len(order) != probs.shape[0]:
+        raise ValueError(f"{probs.shape[0]} predicted regions but plans list {len(order)}")
+    full_probs = None
+    if keep_probabilities:
+        full_probs = np.zeros([probs.shape[0]] + list(props.output_geometry.shape_zyx), dtype=np.float16)
+    box = input_slices(props)
+
+    def region_masks():  # one region in the input grid at a time
+        for r in range(len(order)):
+            pr = to_cropped_grid(probs[r:r + 1], props, plans, config)
+            if full_probs is not None:
+                full_probs[r][box] = pr
+            yield pr > 0.5
+    labels = plans.label_definition.paint_regions(region_masks())
+    return paste(labels, props, 0, np.uint8), full_probs
+
+
 def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan, out_path: Path,
                       rules: PostprocessingRules | None = None, save_probabilities: bool = False) -> np.ndarray:
     """Write the mask for one case (and its probabilities if asked); returns the uint8 mask.
@@ -76,6 +103,6 @@ def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, 
     write_image(seg, props.output_geometry, out_path)
     if full_probs is not None:
         info = ProbabilityInfo(case_id=props.case_id, labels=dict(plans.labels), geometry=props.output_geometry,
-                               segmentation_file=out_path.name)
+                               segmentation_file=out_path.name, regions_class_order=plans.regions_class_order)
         write_probabilities(full_probs, info, out_path.parent)
     return seg

@@ -34,7 +34,7 @@ from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.runtimes import load_networks
 from autoseg.inference.sliding_window import (CPU_WINDOW_BATCH, MAX_FORWARD_VOXELS, SlidingWindowSettings,
                                               predict_sliding_window)
-from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize
+from autoseg.inference.uncertainty import UncertaintyCollector, entropy_map, summarize, volume_names
 from autoseg.io.images import IMAGE_SUFFIXES, Geometry, read_image, write_image
 from autoseg.io.json_io import check_writable, remove_stale_temps, save_json
 from autoseg.model.probabilities import probability_paths
@@ -105,7 +105,7 @@ class Predictor:
         self.settings = SlidingWindowSettings(
             patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,
             weights=options.weights, device=options.device, amp=options.amp,
-            batch_size=self.window_batch(dim))
+            batch_size=self.window_batch(dim), sigmoid=model.plans.label_definition.has_regions)
 
     def window_batch(self, dim: int) -> int:
         """Windows per forward: 2D up to the training batch (<= 16); 3D one, except two small ones on a
@@ -162,9 +162,10 @@ class CasePipeline:
             raise AutosegError(f"configuration {model.configuration} needs its previous stage: train "
                                f"{model.config.previous_stage} or pass --prev-stage-predictions DIR")
         if model.config.is_cascade:
-            if extra != model.num_classes - 1:
+            n_onehot = model.plans.label_definition.num_classes - 1
+            if extra != n_onehot:
                 raise AutosegError(f"{model.folder}: cascade networks take {model.num_input_channels} channels, expected "
-                                   f"{model.num_image_channels} image + {model.num_classes - 1} one-hot; retrain the cascade")
+                                   f"{model.num_image_channels} image + {n_onehot} one-hot; retrain the cascade")
         elif extra != 0:
             raise AutosegError(f"{model.folds[0].checkpoint.parent / 'training.json'}: network takes {model.num_input_channels} "
                                f"channels but the dataset has {model.num_image_channels}; check training.json")
@@ -214,7 +215,8 @@ class CasePipeline:
                 assert self.first_stage is not None and item.lowres is not None
                 prev = self.first_stage.segment(*item.lowres)
             data = np.concatenate([data, onehot_previous_stage(prev, item.props, self.model.plans, self.model.config)])
-        collector = UncertaintyCollector(self.model.num_classes) if self.options.uncertainty else None
+        collector = UncertaintyCollector(self.model.num_classes, self.model.plans.label_definition.has_regions) \
+            if self.options.uncertainty else None
         return self.predictor.probabilities(data, collector), collector
 
     def export(self, case: InputCase, props: CaseProperties, probs: torch.Tensor, collector: UncertaintyCollector | None) -> None:
@@ -226,12 +228,12 @@ class CasePipeline:
             return
         assert collector.variance is not None and collector.valid is not None and collector.pass_volumes_vox is not None
         variance = map_to_original(collector.variance[collector.valid].float().cpu(), props, m.plans, m.config)
-        entropy = map_to_original(entropy_map(probs), props, m.plans, m.config)
+        entropy = map_to_original(entropy_map(probs, binary=m.plans.label_definition.has_regions), props, m.plans, m.config)
         udir = self.out_dir / UNCERTAINTY_DIR
         write_image(variance, props.output_geometry, udir / f"{cid}_uncertainty.nii.gz")
         write_image(entropy, props.output_geometry, udir / f"{cid}_entropy.nii.gz")
         voxel_ml = float(np.prod(props.spacing_after_resampling)) / 1000.0
-        names = {int(v): k for k, v in m.plans.labels.items() if int(v) != 0}
+        names = volume_names(m.plans.label_definition)
         summary = summarize(cid, seg, variance, entropy, collector.pass_volumes_vox.numpy(), voxel_ml, names)
         save_json(summary, udir / f"{cid}_uncertainty.json")
 

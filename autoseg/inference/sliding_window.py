@@ -168,6 +168,7 @@ class SlidingWindowSettings:
     batch_size: int = 1
     device: str = "cpu"
     amp: str | bool = "auto"
+    sigmoid: bool = False  # region-based models: one sigmoid per output instead of a softmax over them
 
     @property
     def window(self) -> list[int]:
@@ -283,7 +284,7 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
             for net, wn in zip(networks, net_w):
                 net_sum = None
                 for out in mirrored_passes(net, x, flips, device, s.amp):
-                    probs = torch.softmax(out, 1) if (s.ensemble == "weighted" or hook is not None) else None
+                    probs = _activate(out, 1, s.sigmoid) if (s.ensemble == "weighted" or hook is not None) else None
                     if hook is not None:
                         assert probs is not None
                         hook.add_pass((probs[:, :, None] if two_d else probs).to(results_device))
@@ -303,17 +304,22 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
                 hook.end_batch(batch, weights)
             bar.update(len(batch))
         if s.ensemble == "mean":
-            softmax_(acc)
+            softmax_(acc, sigmoid=s.sigmoid)
     return acc
 
 
-def softmax_(acc: torch.Tensor, slab_voxels: int = 1 << 24) -> torch.Tensor:
-    """Softmax over axis 0 of (K, Z, ...) in place, a Z-slab at a time (no full-size temporaries)."""
+def _activate(x: torch.Tensor, dim: int, sigmoid: bool) -> torch.Tensor:
+    return torch.sigmoid(x) if sigmoid else torch.softmax(x, dim)
+
+
+def softmax_(acc: torch.Tensor, slab_voxels: int = 1 << 24, sigmoid: bool = False) -> torch.Tensor:
+    """Softmax over axis 0 of (K, Z, ...) in place (or a sigmoid per entry with ``sigmoid``), a
+    Z-slab at a time (no full-size temporaries)."""
     per_z = max(1, int(np.prod(acc.shape[2:], dtype=np.int64)))
     step = max(1, slab_voxels // per_z)
     for z0 in range(0, acc.shape[1], step):
         sl = acc[:, z0:z0 + step]
-        sl.copy_(torch.softmax(sl.float(), 0).to(acc.dtype))
+        sl.copy_(_activate(sl.float(), 0, sigmoid).to(acc.dtype))
     return acc
 
 
@@ -323,7 +329,8 @@ def predict_sliding_window(networks: Sequence[nn.Module], data: np.ndarray | tor
 
     ``networks`` are used in eval mode with deep supervision off (their previous settings
     are restored afterwards). The result is float32, or float16 for very large outputs
-    (see :func:`accumulator_dtype`); voxels sum to 1 over classes.
+    (see :func:`accumulator_dtype`); voxels sum to 1 over classes (with ``settings.sigmoid``: each
+    output is a region's own probability).
     """
     if not networks:
         raise AutosegError("no trained network to predict with; train a fold first (autoseg train)")

@@ -18,6 +18,10 @@ Volumes per pass (the seed report's volume variation coefficient, std/mean of th
 volume over TTA samples): each pass's window-wise argmax is counted with the blend weights,
 so a pass's volume is its hard-label voxel count with overlapping windows averaged. Label
 sets: foreground (all labels > 0, e.g. liver = 1 and tumour 2) and each label alone.
+
+Region-based models (one sigmoid per region): the foreground probability is the largest region
+probability, a pass's labels are its regions painted in ``regions_class_order`` (as the mask is),
+and the entropy is the sum of the regions' binary entropies.
 """
 
 from __future__ import annotations
@@ -29,7 +33,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from autoseg.datasets.labels import LabelDefinition
 from autoseg.inference.sliding_window import Window
+
+
+def volume_names(labels: LabelDefinition) -> dict[int, str]:
+    """Names of the collector's volume columns 1..: each class's label name, or (regions) the name of
+    the value painted for each region."""
+    if labels.has_regions:
+        assert labels.regions_class_order is not None
+        return {k + 1: labels.mask_names[v] for k, v in enumerate(labels.regions_class_order)}
+    return {k: n for k, n in enumerate(labels.output_names) if k > 0}
 
 
 class UncertaintyCollector:
@@ -40,8 +54,9 @@ class UncertaintyCollector:
     column 0 = foreground, column k = label k.
     """
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int, regions: bool = False):
+        self.regions = regions  # (B, R, ...) sigmoid outputs: see the module doc
+        self.num_classes = num_classes + 1 if regions else num_classes
         self.variance: torch.Tensor | None = None
         self.pass_volumes_vox: torch.Tensor | None = None
         self.valid: Window | None = None
@@ -63,7 +78,12 @@ class UncertaintyCollector:
         self._labels: list[torch.Tensor] = []
 
     def add_pass(self, probs: torch.Tensor) -> None:
-        """Welford update with one pass's (B, K, *window) probabilities; keep its argmax."""
+        """Welford update with one pass's (B, K, *window) probabilities; keep its argmax (regions: painted)."""
+        if self.regions:
+            painted = torch.zeros_like(probs[:, 0], dtype=torch.uint8)
+            for r in range(probs.shape[1]):
+                painted[probs[:, r] > 0.5] = r + 1
+            probs = torch.cat([1 - probs.max(1, keepdim=True).values, probs], 1)  # channel 0: not foreground
         self._n += 1
         if self._mean is None:
             self._mean = probs.clone()
@@ -73,7 +93,7 @@ class UncertaintyCollector:
             delta = probs - self._mean
             self._mean += delta / self._n
             self._m2 += delta * (probs - self._mean)
-        self._labels.append(probs.argmax(1).to(torch.uint8))
+        self._labels.append(painted if self.regions else probs.argmax(1).to(torch.uint8))
 
     def _valid_mask(self, win: Window) -> torch.Tensor:
         out = None
@@ -98,14 +118,16 @@ class UncertaintyCollector:
             self.pass_volumes_vox += counts
 
 
-def entropy_map(probs: torch.Tensor, slab_voxels: int = 1 << 24) -> torch.Tensor:
-    """Predictive entropy (nats) of (K, Z, Y, X) probabilities, as float32 (Z, Y, X); 0 ln 0 = 0."""
+def entropy_map(probs: torch.Tensor, slab_voxels: int = 1 << 24, binary: bool = False) -> torch.Tensor:
+    """Predictive entropy (nats) of (K, Z, Y, X) probabilities, as float32 (Z, Y, X); 0 ln 0 = 0.
+    ``binary`` (region-based models: each channel its own sigmoid): the sum of the channels' binary entropies."""
     out = torch.empty(probs.shape[1:], dtype=torch.float32)
     per_z = max(1, int(np.prod(probs.shape[2:], dtype=np.int64)))
     step = max(1, slab_voxels // per_z)
     for z0 in range(0, probs.shape[1], step):
         p = probs[:, z0:z0 + step].float()
-        out[z0:z0 + step] = -(torch.special.xlogy(p, p)).sum(0)
+        h = torch.special.xlogy(p, p) + (torch.special.xlogy(1 - p, 1 - p) if binary else 0)
+        out[z0:z0 + step] = -h.sum(0)
     return out
 
 

@@ -2,8 +2,10 @@
 cross-validation predictions, applied by ``predict`` and ``ensemble`` to every mask.
 
 ``postprocessing.json`` (:class:`PostprocessingRules`) says whether to keep only the largest
-connected component of all foreground together, and for which labels to keep only that
-label's largest component. Components are 26-connected (8 in 2D). Voxels removed by either
+connected component of all foreground together, for which labels to keep only that
+label's largest component, and (region-based datasets) for which regions -- several label
+values together, e.g. liver incl. tumour ``[1, 2]`` -- to keep only the region's largest
+component. Components are 26-connected (8 in 2D). Voxels removed by either
 step become background (0), as in nnU-Net, not the surrounding label.
 """
 
@@ -28,6 +30,7 @@ class PostprocessingRules:
 
     keep_largest_foreground: bool = False
     keep_largest_for_labels: list[int] = field(default_factory=list)
+    keep_largest_for_regions: list[list[int]] = field(default_factory=list)
     evidence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
@@ -63,9 +66,9 @@ def keep_largest_foreground(seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def keep_largest_of_label(seg: np.ndarray, label: int) -> np.ndarray:
-    """Zero the voxels of ``label`` outside that label's largest component."""
-    mask = seg == label
+def keep_largest_of_label(seg: np.ndarray, label: int | list[int] | tuple[int, ...]) -> np.ndarray:
+    """Zero the voxels of ``label`` (or of a region: a list of values, taken together) outside its largest component."""
+    mask = np.isin(seg, label) if isinstance(label, (list, tuple)) else seg == label
     out = seg.copy()
     out[mask & ~largest_component(mask)] = 0
     return out
@@ -76,4 +79,6 @@ def apply_postprocessing(seg: np.ndarray, rules: PostprocessingRules) -> np.ndar
     out = keep_largest_foreground(seg) if rules.keep_largest_foreground else seg.copy()
     for label in rules.keep_largest_for_labels:
         out = keep_largest_of_label(out, int(label))
+    for region in rules.keep_largest_for_regions:
+        out = keep_largest_of_label(out, [int(v) for v in region])
     return out

@@ -10,8 +10,9 @@ class TrainingConfig:
     """Everything a fold was trained with (defaults follow nnU-Net).
 
     ``num_input_channels`` includes the cascade's one-hot channels of the previous stage;
-    ``num_classes`` is the plan's (``Plans.num_classes``). Patch size and topology are not
-    repeated here: they are the plan's, copied beside the folds.
+    ``num_classes`` is the plan's (``Plans.num_classes``: classes, or regions), ``ignore_class`` and
+    ``region_classes`` its label definition's (:mod:`autoseg.datasets.labels`). Patch size and
+    topology are not repeated here: they are the plan's, copied beside the folds.
     """
 
     dataset: str
@@ -46,3 +47,5 @@ class TrainingConfig:
     checkpoint_every: int = 50
     pretrained: str | None = None
     previous_stage: str | None = None
+    ignore_class: int | None = None                # stored class of the "ignore" label: in no loss term
+    region_classes: list[list[int]] | None = None  # region-based: each output's classes (sigmoid per region)

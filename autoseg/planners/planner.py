@@ -183,7 +183,7 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
     sp_t = full_sp[tf]
     n_vox = float(np.prod(median_t, dtype=np.float64) * fp.num_cases)
     norm = normalization_for(info, fp, normalization)
-    k = len(info.labels)
+    k = info.label_definition.num_outputs
     confs: dict[str, ConfigurationPlan] = {}
     if "2d" in configurations:
         confs["2d"] = plan_one("2d", sp_t[1:], median_t[1:], n_vox, k, norm, f"{PLANS_NAME}_2d", True)
@@ -214,4 +214,4 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
                  transpose_backward=tb, original_median_spacing_mm=[float(v) for v in np.median(spacings, 0)],
                  original_median_shape_vox=[int(v) for v in np.median(fp.shapes_after_crop(), 0)],
                  num_input_channels=info.num_channels, labels=dict(info.labels), configurations=confs, memory_model=MEMORY_MODEL,
-                 target=target, cost_model=COST_MODEL)
+                 target=target, cost_model=COST_MODEL, regions_class_order=info.regions_class_order)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from autoseg.datasets.labels import LabelDefinition, label_definition
 from autoseg.io.json_io import load_dataclass, save_json
 
 
@@ -118,11 +119,12 @@ class Plans:
     original_median_spacing_mm: list[float]
     original_median_shape_vox: list[int]
     num_input_channels: int
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]  # dataset.json's; what they mean: label_definition
     configurations: dict[str, ConfigurationPlan]
     memory_model: str = ""
     target: str = "gpu"  # gpu: nnU-Net's memory-sized plans; cpu: sized to a training iteration of ~1 s (cpu_planner.py)
     cost_model: str = ""
+    regions_class_order: list[int] | None = None  # region-based datasets (see autoseg.datasets.labels)
 
     def transposed(self, values_zyx: "list | tuple") -> list:
         """Per-axis (Z, Y, X) values in the network's axis order: ``values_zyx[transpose_forward[i]]``."""
@@ -136,5 +138,11 @@ class Plans:
         return load_dataclass(cls, path)
 
     @property
+    def label_definition(self) -> LabelDefinition:
+        """Label values <-> stored classes, regions, ignore (:mod:`autoseg.datasets.labels`)."""
+        return label_definition(self.labels, self.regions_class_order)
+
+    @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        """The network's output channels: classes (background included) or regions."""
+        return self.label_definition.num_outputs

@@ -4,7 +4,7 @@
 
     <preprocessed>/<Dataset>/<data_identifier>/
         <case>.npy        float32 (C, *spatial)  normalised, resampled, transposed image
-        <case>_seg.npy    int8    (1, *spatial)  label map on the same grid (the dataset's label values)
+        <case>_seg.npy    int8    (1, *spatial)  class map on the same grid (label values as classes 0..K-1, ignore = K; see datasets/labels.py)
         <case>.json       CaseProperties: everything needed to invert the preprocessing
 
 ``spatial`` is in the plan's transposed order. Files are written under temp names and

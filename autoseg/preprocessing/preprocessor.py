@@ -49,7 +49,9 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
                     case_id: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
     """``data`` (C, Z, Y, X) in original units; ``seg`` (1, Z, Y, X) or None.
 
-    Returns float32 data and int8 seg in the plan's transposed, resampled grid.
+    Returns float32 data and int8 seg in the plan's transposed, resampled grid. The seg holds
+    *classes* (``plans.label_definition``: label values in ascending order -> 0..K-1, the ignore
+    label -> K), so a dataset labelled 0, 1, 5 is stored as 0, 1, 2.
     """
     bbox = nonzero_bbox(data)
     data = crop(data, bbox)
@@ -64,10 +66,10 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
     seg_out = None
     locs: dict[str, list[list[int]]] = {}
     if seg is not None:
-        seg_t = np.transpose(crop(seg, bbox), tf)
+        definition = plans.label_definition
+        seg_t = definition.to_classes(np.transpose(crop(seg, bbox), tf))
         seg_out = resample_segmentation(seg_t, new_shape, spacing_t, new_sp, r.order_seg, r.order_seg_z, r.anisotropy_threshold)
-        labels = [v for v in plans.labels.values() if v != 0]
-        locs = class_locations(seg_out, labels, seed)
+        locs = class_locations(seg_out, list(range(1, definition.num_classes)), seed)
     props = CaseProperties(case_id=case_id, original_geometry=geometry, bbox_zyx=bbox, shape_after_crop_zyx=shape_crop,
                            spacing_after_resampling=[float(s) for s in new_sp], shape_after_resampling=list(new_shape),
                            class_locations=locs)
@@ -75,16 +77,16 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
 
 
 def onehot_previous_stage(seg: np.ndarray, props: CaseProperties, plans: Plans, config: ConfigurationPlan) -> np.ndarray:
-    """A cascade's first-stage mask (Z, Y, X) in the input grid -> float32 (K - 1, *preprocessed)
-    one-hot of the foreground labels in ascending order, mapped onto the grid of ``props``
+    """A cascade's first-stage mask (Z, Y, X, label values) in the input grid -> float32 (K - 1, *preprocessed)
+    one-hot of the foreground classes (label values in ascending order), mapped onto the grid of ``props``
     exactly as the image was (crop, transpose, resample as a segmentation).
 
     Used both to build the cascade's training inputs and at prediction time.
     """
     r = config.resampling
     box = tuple(slice(a, b) for a, b in props.bbox_zyx)
-    seg_t = np.transpose(seg[box], plans.transpose_forward)[None]
+    definition = plans.label_definition
+    seg_t = definition.to_classes(np.transpose(seg[box], plans.transpose_forward)[None])
     seg_pre = resample_segmentation(seg_t, props.shape_after_resampling, plans.transposed(props.original_geometry.spacing_zyx),
                                     props.spacing_after_resampling, r.order_seg, r.order_seg_z, r.anisotropy_threshold)[0]
-    fg = sorted(int(v) for v in plans.labels.values())[1:]
-    return np.stack([(seg_pre == v) for v in fg]).astype(np.float32)
+    return np.stack([(seg_pre == k) for k in range(1, definition.num_classes)]).astype(np.float32)

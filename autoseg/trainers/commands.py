@@ -113,7 +113,7 @@ def training_data(dataset: str | None, configuration: str, seed: int) -> Trainin
     if config.is_cascade:
         from autoseg.trainers.cascade import prepare_cascade_data
         folder = pp / prepare_cascade_data(name, plans, configuration)
-        in_channels += plans.num_classes - 1
+        in_channels += plans.label_definition.num_classes - 1
     cases = list_preprocessed_cases(folder)
     if not cases:
         raise AutosegError(f"{folder}: no preprocessed cases; run 'autoseg plan_and_preprocess -d {name} -c {configuration}'")
@@ -145,7 +145,8 @@ def default_rare_class_bias(data: TrainingData) -> float:
 def default_class_weights(a: argparse.Namespace, data: TrainingData) -> list[float] | None:
     """``--class-weights``, else for ``dice_ce`` on CPU-sized plans and the two-stage model's stage 2
     the inverse foreground frequencies (:mod:`autoseg.trainers.class_weights`), else None (nnU-Net's)."""
-    if a.class_weights is not None or a.loss != "dice_ce" or not is_short_schedule_plan(data):
+    regions = getattr(getattr(data.plans, "label_definition", None), "has_regions", False)  # sigmoid outputs: no CE
+    if a.class_weights is not None or a.loss != "dice_ce" or regions or not is_short_schedule_plan(data):
         return a.class_weights
     weights = frequency_class_weights(data.folder, data.cases, data.plans.num_classes)
     if weights is not None:
@@ -162,6 +163,7 @@ def is_short_schedule_plan(data: TrainingData) -> bool:
 def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
     """The fold's :class:`TrainingConfig` from the command line and the plan."""
     weights = default_class_weights(a, data)
+    labels = data.plans.label_definition
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
         num_classes=data.plans.num_classes, network=a.network, loss=a.loss, class_weights=weights,
@@ -171,7 +173,8 @@ def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: st
         checkpoint_every=a.checkpoint_every, pretrained=a.pretrained, previous_stage=data.config.previous_stage,
         rare_class_bias=a.rare_class_bias if a.rare_class_bias is not None else default_rare_class_bias(data),
         oversample_foreground=a.oversample_foreground if a.oversample_foreground is not None
-        else (0.5 if is_short_schedule_plan(data) else 0.33))
+        else (0.5 if is_short_schedule_plan(data) else 0.33),
+        ignore_class=labels.ignore_class, region_classes=labels.region_classes if labels.has_regions else None)
 
 
 def _copy_plan_artefacts(data: TrainingData, configuration: str) -> None:

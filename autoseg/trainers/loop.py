@@ -41,6 +41,7 @@ from autoseg.trainers.augmentation import (build_train_transforms_from_settings,
 from autoseg.trainers.loader import BackgroundLoader
 from autoseg.trainers.losses import build_loss
 from autoseg.trainers.progress import ProgressLog
+from autoseg.trainers.region_loss import region_confusion_counts
 from autoseg.trainers.sampling import PatchSampler
 
 log = logging.getLogger("autoseg")
@@ -74,13 +75,19 @@ def load_pretrained(network: torch.nn.Module, path: str) -> tuple[list[str], lis
     return loaded, skipped
 
 
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> np.ndarray:
-    """(K-1, 3) true positives, false positives, false negatives per foreground class (argmax)."""
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, cfg: TrainingConfig) -> np.ndarray:
+    """(K-1, 3) true positives, false positives, false negatives per foreground class (argmax), or
+    (R, 3) per region (sigmoid > 0.5); voxels of the ignore class are left out."""
+    if cfg.region_classes is not None:
+        return np.asarray(region_confusion_counts(logits, target, cfg.region_classes, cfg.ignore_class))
     pred = logits.argmax(1)
     tgt = target[:, 0].long()
-    out = np.zeros((num_classes - 1, 3))
-    for c in range(1, num_classes):
+    out = np.zeros((cfg.num_classes - 1, 3))
+    valid = None if cfg.ignore_class is None else tgt != cfg.ignore_class
+    for c in range(1, cfg.num_classes):
         p, t = pred == c, tgt == c
+        if valid is not None:
+            p = p & valid
         out[c - 1] = [(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()]
     return out
 
@@ -164,7 +171,8 @@ def build_state(cfg: TrainingConfig, config: ConfigurationPlan, out_dir: Path) -
     amp_dtype = resolve_amp_dtype(device.type, cfg.amp)
     scaler = make_grad_scaler(device.type, amp_dtype)
     n_heads = topo.n_stages - 1 if cfg.deep_supervision else 1
-    loss_fn = build_loss(cfg.loss, cfg.num_classes, config.batch_dice, cfg.class_weights, n_heads)
+    loss_fn = build_loss(cfg.loss, cfg.num_classes, config.batch_dice, cfg.class_weights, n_heads,
+                         ignore_index=cfg.ignore_class, regions=cfg.region_classes)
     return TrainState(cfg, network, network, optimizer, scaler, loss_fn, amp_dtype, device, out_dir, ProgressLog(out_dir))
 
 
@@ -239,8 +247,9 @@ def train_step(state: TrainState, batch: dict) -> float:
 
 
 def validate_patches(state: TrainState, loader: BackgroundLoader, n: int) -> tuple[list[float], np.ndarray]:
-    """``n`` validation batches: their losses and (K-1, 3) tp/fp/fn counts of the full-resolution output."""
-    losses, counts = [], np.zeros((state.cfg.num_classes - 1, 3))
+    """``n`` validation batches: their losses and (K-1, 3) (regions: (R, 3)) tp/fp/fn counts of the full-resolution output."""
+    cfg = state.cfg
+    losses, counts = [], np.zeros((len(cfg.region_classes) if cfg.region_classes is not None else cfg.num_classes - 1, 3))
     state.model.eval()
     with torch.no_grad():
         for _ in range(n):
@@ -249,7 +258,7 @@ def validate_patches(state: TrainState, loader: BackgroundLoader, n: int) -> tup
                 out = _as_float(state.model(data))
             losses.append(state.loss_fn(out, tgt).item())
             top = out[0] if isinstance(out, (list, tuple)) else out
-            counts += confusion_counts(top.float(), tgt[0] if isinstance(tgt, list) else tgt, state.cfg.num_classes)
+            counts += confusion_counts(top.float(), tgt[0] if isinstance(tgt, list) else tgt, state.cfg)
     return losses, counts
 
 

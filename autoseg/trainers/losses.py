@@ -36,6 +36,7 @@ from torch import nn
 
 from autoseg.errors import AutosegError
 from autoseg.trainers.distributed import all_gather_with_grad, is_distributed
+from autoseg.trainers.region_loss import RegionDiceBCELoss
 
 
 def _prepare(
@@ -337,6 +338,7 @@ def build_loss(
     n_ds_outputs: int = 1,
     ignore_index: int | None = None,
     ddp: bool | None = None,
+    regions: list[list[int]] | None = None,
 ) -> DeepSupervisionLoss:
     """Loss ``name`` wrapped in :class:`DeepSupervisionLoss` (so it takes a tensor or a list of outputs).
 
@@ -345,6 +347,8 @@ def build_loss(
     ``n_ds_outputs``: the network's number of outputs (``n_stages - 1`` with deep supervision, else 1).
     ``ddp``: gather batch-Dice counts over all ranks; None (default) = whenever a process group of
     more than one process is running now (every rank must then compute the loss equally often).
+    ``regions`` (a region-based dataset: each region's classes): ``dice_ce`` becomes soft Dice + BCE
+    per region on ``len(regions)`` sigmoid outputs (:mod:`autoseg.trainers.region_loss`).
     """
     if name not in LOSS_NAMES:
         raise AutosegError(f"unknown loss {name!r}: choose one of {', '.join(LOSS_NAMES)}")
@@ -355,8 +359,13 @@ def build_loss(
             raise AutosegError(
                 f"class weights {class_weights} need {num_classes} entries (one per label, background first)"
             )
-    _check_ignore_index(ignore_index, num_classes)
     ddp = is_distributed() if ddp is None else ddp
+    if regions is not None:
+        if name != "dice_ce" or class_weights is not None:
+            raise AutosegError(f"loss {name!r}{' with class weights' if class_weights else ''}: a region-based dataset trains with "
+                               f"dice_ce (Dice + binary cross-entropy per region); drop --loss/--class-weights")
+        return DeepSupervisionLoss(RegionDiceBCELoss(regions, batch_dice, ignore_index, ddp=ddp), n_ds_outputs)
+    _check_ignore_index(ignore_index, num_classes)
     if name == "dice_ce":
         loss: nn.Module = DiceCELoss(batch_dice, ignore_index=ignore_index, class_weights=class_weights, ddp=ddp)
     elif name == "soft_dice":

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from autoseg.datasets.converters._common import NNUNET_ENDING, copy_as_nifti, is_hidden, natural_key, require_folder
 from autoseg.datasets.layout import DatasetInfo, save_dataset_info
+from autoseg.datasets.labels import LabelDefinition
 from autoseg.errors import AutosegError
 from autoseg.io.images import IMAGE_SUFFIXES, image_suffix, read_header
 from autoseg.io.json_io import load_json
@@ -58,6 +59,9 @@ def _labels_name_to_value(raw: object, dj: Path) -> dict[str, int]:
         raise AutosegError(f"{dj}: 'labels' must map values to names, e.g. {{\"0\": \"background\", \"1\": \"liver\"}}") from None
     if 0 not in labels.values():
         raise AutosegError(f"{dj}: 'labels' has no value 0 (background); add it")
+    if len(labels) != len(dict(raw)):  # type: ignore[arg-type]
+        raise AutosegError(f"{dj}: several label values share a name; give each value its own name")
+    LabelDefinition.from_json(labels, None, str(dj))  # any values; an "ignore" name must be the highest
     return labels
 
 

@@ -60,7 +60,9 @@ def test_fold_config_uses_the_automatic_weights_and_cpu_sampling(tmp_path):
     from autoseg.trainers.commands import fold_config
 
     _write_case(tmp_path, "a", [20, 4])
-    data = TrainingData("D", SimpleNamespace(target="cpu", num_classes=3), SimpleNamespace(is_roi=False, batch_size=2,
+    labels = SimpleNamespace(ignore_class=None, region_classes=None, has_regions=False)
+    data = TrainingData("D", SimpleNamespace(target="cpu", num_classes=3, label_definition=labels),
+                        SimpleNamespace(is_roi=False, batch_size=2,
                         previous_stage=None), tmp_path, 1, ["a"], [])
     base = dict(configuration="3d_fullres", loss="dice_ce", network="unet", optimizer="sgd", lr=None, epochs=3, iters_per_epoch=2, val_iters=1,
                 time_budget=None, batch_size=None, seed=1, num_workers=0, amp="off", checkpoint_every=1, pretrained=None,

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure  # noqa: E402
 
-DATASET = "Dataset042_RoiBench"
+DATASET = "Dataset042_RoiBench"  # made with -d 42
 
 
 def autoseg(*args: str) -> list[str]:
@@ -52,7 +52,7 @@ def step(title: str, cmd: list[str], env: dict, log_dir: Path) -> float:
 def prepare(a: argparse.Namespace, env: dict, logs: Path) -> str:
     """Data, plans and the three trained models; returns the first stage's configuration."""
     import json
-    step("synthetic data", autoseg("synthetic", "-d", "RoiBench", "-n", str(a.train_cases), "--num-test", "1", "--size", "large"), env, logs)
+    step("synthetic data", autoseg("synthetic", "-d", DATASET, "-n", str(a.train_cases), "--num-test", "1", "--size", "large"), env, logs)
     step("plan_and_preprocess", autoseg("plan_and_preprocess", "-c", "3d_fullres", "3d_lowres", "3d_roi_fullres",
                                         "--target", a.target, "-np", "1"), env, logs)
     plans = json.loads((Path(env["AUTOSEG_PREPROCESSED"]) / DATASET / "plans.json").read_text())

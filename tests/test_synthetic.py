@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from autoseg.datasets.layout import list_cases, load_dataset_info
-from autoseg.datasets.synthetic import SIZE_PRESETS, generate_dataset, make_case
+from autoseg.datasets.synthetic import NOISE_HU, SIZE_PRESETS, generate_dataset, make_case, noise_factor
 from autoseg.errors import AutosegError
 from autoseg.io.images import read_image
 
@@ -34,11 +34,23 @@ def test_hu_ranges_are_plausible_and_tiny_cases_hold_liver_and_tumour():
         assert 40 <= hu[liver].mean() <= 80
         corners = np.concatenate([hu[:, :3, :3].ravel(), hu[:, -3:, -3:].ravel()]).astype(float)
         assert abs(corners.mean() + 1000) < 10  # air, with noise clipped at -1024
-        assert 5 <= corners.std() <= 25  # scanner noise
+        f = noise_factor((3.0, 2.0, 2.0))  # 12 mm³ voxels: 0.3 of a 1 mm³ voxel's noise
+        assert 0.8 * NOISE_HU[0] * f <= corners.std() <= 1.2 * NOISE_HU[1] * f  # scanner noise for the voxel size
         assert hu.max() > 300  # bone
         assert set(np.unique(lab)) <= {0, 1, 2}
         with_tumour += int((lab == 2).any())
     assert with_tumour >= 5
+
+
+def test_noise_falls_with_voxel_volume_within_its_range():
+    assert noise_factor((1.5, 0.8, 0.8)) == pytest.approx(1.0, rel=0.05)
+    assert noise_factor((4.5, 2.7, 2.7)) == 0.3  # the demo's voxels: clipped at the low end
+    assert noise_factor((0.5, 0.5, 0.5)) == 1.5
+    fine, _, _ = _case(1, spacing=(1.5, 0.8, 0.8))
+    coarse, _, _ = _case(1)
+    air = (np.s_[:, :3, :3], np.s_[:, -3:, -3:])
+    std = [np.concatenate([v[a].ravel() for a in air]).astype(float).std() for v in (fine, coarse)]
+    assert std[0] > 2.5 * std[1]
 
 
 def test_intensity_alone_does_not_segment_the_liver():

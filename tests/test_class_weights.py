@@ -50,7 +50,8 @@ def test_weights_are_capped_and_none_without_two_foreground_classes(tmp_path):
 ])
 def test_default_applies_to_cpu_and_roi_plans_with_dice_ce_only(tmp_path, target, roi, loss, given, expect_default):
     _write_case(tmp_path, "a", [20, 4])
-    data = TrainingData("D", SimpleNamespace(target=target, num_classes=3), SimpleNamespace(is_roi=roi),
+    labels = SimpleNamespace(has_regions=False)
+    data = TrainingData("D", SimpleNamespace(target=target, num_classes=3, label_definition=labels), SimpleNamespace(is_roi=roi),
                         tmp_path, 1, ["a"], [])
     got = default_class_weights(Namespace(class_weights=given, loss=loss), data)
     assert got == ([1.0, 1.0, 5.0] if expect_default else given)
@@ -67,7 +68,8 @@ def test_fold_config_uses_the_automatic_weights_and_cpu_sampling(tmp_path):
     base = dict(configuration="3d_fullres", loss="dice_ce", network="unet", optimizer="sgd", lr=None, epochs=3, iters_per_epoch=2, val_iters=1,
                 time_budget=None, batch_size=None, seed=1, num_workers=0, amp="off", checkpoint_every=1, pretrained=None,
                 rare_class_bias=None, oversample_foreground=None)
-    auto = fold_config(Namespace(class_weights=None, **base), data, "0", "cpu")
-    given = fold_config(Namespace(class_weights=[1.0, 1.0, 3.0], **base), data, "0", "cpu")
+    auto_args, given_args = Namespace(class_weights=None, **base), Namespace(class_weights=[1.0, 1.0, 3.0], **base)
+    auto = fold_config(auto_args, data, "0", "cpu", default_class_weights(auto_args, data))
+    given = fold_config(given_args, data, "0", "cpu", default_class_weights(given_args, data))
     assert auto.class_weights == [1.0, 1.0, 5.0] and given.class_weights == [1.0, 1.0, 3.0]
     assert (auto.oversample_foreground, auto.rare_class_bias) == (0.5, 1.0)

@@ -25,8 +25,8 @@ from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import list_preprocessed_cases
 from autoseg.trainers import distributed as dist_utils
 from autoseg.trainers.budget import default_val_iters, parse_duration
-from autoseg.trainers.losses import LOSS_NAMES
 from autoseg.trainers.class_weights import frequency_class_weights
+from autoseg.trainers.losses import LOSS_NAMES
 
 AfterFold = Callable[[str, str, str, list[str], str, str], object]  # (dataset, configuration, fold, val ids, device, amp)
 
@@ -145,7 +145,7 @@ def default_rare_class_bias(data: TrainingData) -> float:
 def default_class_weights(a: argparse.Namespace, data: TrainingData) -> list[float] | None:
     """``--class-weights``, else for ``dice_ce`` on CPU-sized plans and the two-stage model's stage 2
     the inverse foreground frequencies (:mod:`autoseg.trainers.class_weights`), else None (nnU-Net's)."""
-    regions = getattr(getattr(data.plans, "label_definition", None), "has_regions", False)  # sigmoid outputs: no CE
+    regions = data.plans.label_definition.has_regions  # sigmoid outputs: no CE
     if a.class_weights is not None or a.loss != "dice_ce" or regions or not is_short_schedule_plan(data):
         return a.class_weights
     weights = frequency_class_weights(data.folder, data.cases, data.plans.num_classes)
@@ -160,9 +160,10 @@ def is_short_schedule_plan(data: TrainingData) -> bool:
     return data.config.is_roi or getattr(data.plans, "target", "gpu") == "cpu"
 
 
-def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str) -> TrainingConfig:
-    """The fold's :class:`TrainingConfig` from the command line and the plan."""
-    weights = default_class_weights(a, data)
+def fold_config(a: argparse.Namespace, data: TrainingData, fold: str, device: str,
+                weights: list[float] | None) -> TrainingConfig:
+    """The fold's :class:`TrainingConfig` from the command line, the plan and the run's class
+    ``weights`` (:func:`default_class_weights`, counted once for all folds)."""
     labels = data.plans.label_definition
     return TrainingConfig(
         dataset=data.dataset, configuration=a.configuration, fold=fold, num_input_channels=data.in_channels,
@@ -196,9 +197,10 @@ def run_train(a: argparse.Namespace, after_fold: AfterFold | None = None) -> int
         _copy_plan_artefacts(data, a.configuration)
     pending: list[tuple[str, list[str]]] = []  # folds whose validation rank 0 still runs
     from autoseg.trainers.loop import train_fold
+    weights = default_class_weights(a, data)
     for fold in parse_folds(a.folds):
         train_ids, val_ids = fold_cases(data.splits, fold, data.cases)
-        cfg = fold_config(a, data, fold, device)
+        cfg = fold_config(a, data, fold, device, weights)
         out = paths.fold_dir(data.dataset, a.configuration, fold)
         out.mkdir(parents=True, exist_ok=True)
         _check_resumable(out, cfg, a.restart)

@@ -245,9 +245,9 @@ def mirrored_passes(net: nn.Module, x: torch.Tensor, flips: Sequence[tuple[int, 
 
     Flips go through the network in pairs (``FORWARD_BATCH``, when two fit ``MAX_FORWARD_VOXELS``):
     on a CPU, PyTorch runs a batch of one through a thin 3D network with its slow im2col convolution
-    (``slow_conv3d``) instead of oneDNN, about 5x slower per window (demo plan: 0.73 s for one
-    28x80x80 window alone, 0.13 s each in a batch of two, 0.22 s each in a batch of eight;
-    measured with torch 2.13 on 2 cores, docs/benchmarks.md).
+    (``slow_conv3d``) instead of oneDNN, about 5x slower per window (demo plan: 0.68 s for one
+    28x80x80 window alone, 0.12 s each in a batch of two, 0.18 s each in a batch of eight;
+    benchmarks/cpu_window_batch.py, docs/benchmarks.md).
     """
     n = max(1, min(FORWARD_BATCH, MAX_FORWARD_VOXELS // max(1, x[0, 0].numel())) // x.shape[0])
     for i in range(0, len(flips), n):

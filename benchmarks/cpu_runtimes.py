@@ -9,11 +9,13 @@ Usage, from the repo root::
 What it measures, per runtime, in this process (threads = ``torch.get_num_threads()`` for all):
 
 * ``load s``: building the runtime network (ONNX export in memory + session / compile);
-* ``forward s``: one patch batch (batch 1, the predictor's 3D batch) through the network,
-  median of ``--repeats`` after one warm-up (min in brackets), wall and process CPU seconds;
+* ``forward s``: one patch batch through the network (``--batch``, default the predictor's CPU
+  batch: 2 windows, or 2 mirrored copies of one window with TTA), **per window** (the batch's
+  time / batch), median of ``--repeats`` after one warm-up (min in brackets), wall and process CPU seconds;
   the runtimes take turns in each repeat, so changes of machine load hit them alike;
 * ``case s``: :func:`predict_sliding_window` on a whole small preprocessed case
-  (``--case-shape``, default 48 x 96 x 96 = 8 windows at step 0.5), without TTA; with
+  (``--case-shape``, default 48 x 96 x 96 = 8 windows at step 0.5), without TTA (the faster of two
+  runs: the first also pays one-off setup); with
   ``--tta-case`` also with mirroring TTA (8 passes per window);
 * ``Dice``: the small case's argmax mask against PyTorch float32's (mean over foreground
   classes; the input is a synthetic CT patch, so the mask has structure);
@@ -28,10 +30,18 @@ x 64 x 64 at 3.278 x 1.416 x 1.416 mm gives the 5-stage 32..320 U-Net of docs/be
 prediction benchmark), with seeded random weights: forward time depends on the network's
 shape, not on its weights' values; Dice between runtimes on random weights checks numerics.
 
+With ``--model RESULTS/DatasetXXX -c CONF`` the network is a trained fold's (``--fold``), the
+plan's patch and spacing are used, the small case is a preprocessed case of that dataset (cropped
+to ``--case-shape`` around its centre) and Dice is against PyTorch float32's mask there: with
+trained weights the Dice says whether a runtime keeps the masks, which random weights
+(near-tied logits) cannot.
+
 PyTorch bfloat16 (``predict --amp auto`` on CPUs with avx512_bf16/AMX) is skipped on a CPU
 without native bf16 (it is emulated there and takes minutes per forward) unless
 ``--bf16-emulated``. OpenVINO runs at its default inference precision (bf16 on AMX CPUs, f32
-elsewhere; the table says which). int8 is not measured (needs calibration with NNCF).
+elsewhere; the table says which). ``onnxruntime-int8`` / ``openvino-int8``: the ONNX export
+quantised to int8 by ONNX Runtime's static post-training quantisation (QDQ, per-channel weights,
+activations calibrated on ``--calibration-patches`` patches of *another* case), run by that runtime.
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoseg.inference import runtimes  # noqa: E402
-from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window, window_grid  # noqa: E402
+from autoseg.inference.sliding_window import (CPU_WINDOW_BATCH, MAX_FORWARD_VOXELS, SlidingWindowSettings,  # noqa: E402
+                                             predict_sliding_window, window_grid)
 from autoseg.networks.builder import build_network  # noqa: E402
 from autoseg.networks.precision import cpu_has_native_bf16  # noqa: E402
 from autoseg.planners.topology import make_topology  # noqa: E402
@@ -88,7 +99,7 @@ def synthetic_input(shape_zyx, spacing_zyx, seed: int = 0) -> np.ndarray:
     return ((np.clip(img.astype(np.float32), -200, 300) - 50.0) / 100.0)[None]
 
 
-def build_runtimes(net, patch, names, bf16_emulated: bool):
+def build_runtimes(net, patch, names, bf16_emulated: bool, calibration: list[np.ndarray]):
     """[(row name, network, amp, load seconds, note)] for the runtimes requested and installed."""
     rows = []
     for name in names:
@@ -107,11 +118,70 @@ def build_runtimes(net, patch, names, bf16_emulated: bool):
         if not runtimes.is_installed(backend):
             print(f"  {name}: skipped ({backend} not installed)")
             continue
-        wrapped = runtimes.wrap_networks([net], backend, 1, patch)[0]
+        if name.endswith("-int8"):
+            if not runtimes.is_installed("onnxruntime"):
+                print(f"  {name}: skipped (the int8 model is made by onnxruntime.quantization)")
+                continue
+            wrapped = runtimes.BACKENDS[backend](int8_onnx(net, patch, calibration))
+            note = "static QDQ int8"
+        else:
+            wrapped = runtimes.wrap_networks([net], backend, 1, patch)[0]
         if backend == "openvino":
-            note = f"precision {openvino_precision(wrapped)}"
+            note = ", ".join(x for x in (note, f"precision {openvino_precision(wrapped)}") if x)
         rows.append((name, wrapped, "off", time.perf_counter() - t0, note))
     return rows
+
+
+def int8_onnx(net, patch, calibration: list[np.ndarray]) -> bytes:
+    """The network's ONNX export quantised to int8 by ONNX Runtime (static, QDQ, per-channel weights)."""
+    import tempfile
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from autoseg.model.onnx_export import INPUT_NAME, export_network
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {INPUT_NAME: x}
+    with tempfile.TemporaryDirectory(prefix="autoseg_int8_") as d:
+        src, dst = Path(d) / "f32.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(export_network(net, 1, patch)[0])
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
+        return dst.read_bytes()
+
+
+def calibration_patches(volume: np.ndarray, patch, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random (1, C, *patch) float32 patches of ``volume`` (C, Z, Y, X) for int8 calibration."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        lo = [int(rng.integers(0, max(0, s - p) + 1)) for s, p in zip(volume.shape[1:], patch)]
+        sl = tuple(slice(a, a + p) for a, p in zip(lo, patch))
+        out.append(np.ascontiguousarray(volume[(slice(None),) + sl], dtype=np.float32)[None])
+    return out
+
+
+def trained_setup(args):
+    """(network, topology-free patch, spacing, small case, calibration volume) from a trained fold."""
+    from autoseg.model.trained import TrainedModel
+    from autoseg.preprocessing.case_store import list_preprocessed_cases, load_case
+    from autoseg import paths
+    model = TrainedModel(Path(args.model), args.configuration, [args.fold])
+    net = model.load_networks("cpu")[0].eval()
+    folder = paths.preprocessed_dataset_dir(Path(args.model).name) / model.config.data_identifier
+    cases = list_preprocessed_cases(folder)
+    if len(cases) < 2:
+        raise SystemExit(f"{folder}: needs two preprocessed cases (one to measure, one to calibrate int8)")
+    data = np.asarray(load_case(folder, cases[0])[0], dtype=np.float32)
+    lo = [max(0, (s - c) // 2) for s, c in zip(data.shape[1:], args.case_shape)]
+    data = np.ascontiguousarray(data[(slice(None),) + tuple(slice(a, a + c) for a, c in zip(lo, args.case_shape))])
+    calib = np.asarray(load_case(folder, cases[1])[0], dtype=np.float32)
+    print(f"trained network: {args.model} {args.configuration} fold {args.fold}; case {cases[0]} {list(data.shape[1:])}, "
+          f"int8 calibration on {cases[1]}")
+    return net, list(model.patch_size), list(model.config.spacing_mm), data, calib, model.num_classes
 
 
 def openvino_precision(wrapped) -> str:
@@ -147,7 +217,9 @@ def time_forwards(rows, x: torch.Tensor, repeats: int) -> dict[str, tuple[float,
 
 
 def time_case(net, data: np.ndarray, patch, amp: str, mirror: bool) -> tuple[float, np.ndarray]:
-    settings = SlidingWindowSettings(patch_size=patch, step=0.5, mirror=mirror, device="cpu", amp=amp)
+    pairs = not mirror and int(np.prod(patch)) * CPU_WINDOW_BATCH <= MAX_FORWARD_VOXELS  # predict's rule (Predictor.window_batch)
+    settings = SlidingWindowSettings(patch_size=patch, step=0.5, mirror=mirror, device="cpu", amp=amp,
+                                     batch_size=CPU_WINDOW_BATCH if pairs else 1)
     t = time.perf_counter()
     probs = predict_sliding_window([net], data, NUM_CLASSES, settings)
     return time.perf_counter() - t, probs.argmax(0).numpy()
@@ -175,33 +247,48 @@ def main() -> int:
     p.add_argument("--case-shape", type=int, nargs=3, default=[48, 96, 96], help="small preprocessed case z y x")
     p.add_argument("--large", type=int, nargs=3, default=[300, 512, 512], help="large CT z y x (voxels)")
     p.add_argument("--large-spacing", type=float, nargs=3, default=[1.0, 0.8, 0.8])
-    p.add_argument("--runtimes", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime", "openvino"])
+    p.add_argument("--runtimes", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"])
     p.add_argument("--tta-case", action="store_true", help="also run the small case with mirroring TTA (8x the time)")
     p.add_argument("--bf16-emulated", action="store_true", help="measure torch bf16 even without native bf16")
     p.add_argument("--whole-large", action="store_true",
                    help="also run the large CT's whole sliding window (no TTA) for each runtime: measured, not extrapolated")
+    p.add_argument("--batch", type=int, default=CPU_WINDOW_BATCH, help="patches per timed forward (default: predict's CPU batch)")
+    p.add_argument("--model", help="results/DatasetXXX folder: time its trained network (-c, --fold) on its own cases")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--fold", default="0")
+    p.add_argument("--calibration-patches", type=int, default=16, help="int8: calibration patches (from another case)")
     args = p.parse_args()
 
     print(f"CPU: {cpu_line()}\n{versions()}\nload average at start: {os.getloadavg()}")
-    topo, patch, _ = make_topology(args.spacing, args.patch)
-    torch.manual_seed(0)
-    net = build_network("unet", topo, 1, NUM_CLASSES, deep_supervision=False).eval()
-    print(f"network: plain U-Net {topo.features_per_stage}, patch {patch}, random weights (seed 0)")
-    data = synthetic_input(args.case_shape, args.spacing)
-    x = torch.from_numpy(data[:, :patch[0], :patch[1], :patch[2]].copy())[None]
-    n_small = len(window_grid(args.case_shape, patch, 0.5)[1])
+    if args.model:
+        net, patch, args.spacing, data, calib_volume, k = trained_setup(args)
+        if k != NUM_CLASSES:
+            raise SystemExit(f"--model: {k} classes; this benchmark's Dice and null network assume {NUM_CLASSES}")
+        args.patch = patch
+    else:
+        topo, patch, _ = make_topology(args.spacing, args.patch)
+        torch.manual_seed(0)
+        net = build_network("unet", topo, 1, NUM_CLASSES, deep_supervision=False).eval()
+        print(f"network: plain U-Net {topo.features_per_stage}, patch {patch}, random weights (seed 0)")
+        data = synthetic_input(args.case_shape, args.spacing)
+        calib_volume = synthetic_input(args.case_shape, args.spacing, seed=2)
+    x = torch.from_numpy(data[:, :patch[0], :patch[1], :patch[2]].copy())[None].repeat(args.batch, 1, 1, 1, 1)
+    n_small = len(window_grid(list(data.shape[1:]), patch, 0.5)[1])
     large_shape, n_large = large_windows(args)
-    print(f"small case {args.case_shape}: {n_small} windows; large CT {args.large} at {args.large_spacing} mm -> "
-          f"{large_shape} at the plan spacing: {n_large} windows")
+    print(f"small case {list(data.shape[1:])}: {n_small} windows; large CT {args.large} at {args.large_spacing} mm -> "
+          f"{large_shape} at the plan spacing: {n_large} windows; forwards timed at batch {args.batch}, shown per window")
+    calibration = calibration_patches(calib_volume, patch, args.calibration_patches) \
+        if any(n.endswith("-int8") for n in args.runtimes) else []
 
-    built = build_runtimes(net, patch, args.runtimes, args.bf16_emulated)
+    built = build_runtimes(net, patch, args.runtimes, args.bf16_emulated, calibration)
     overhead = time_case(NullNetwork(), data, patch, "off", mirror=False)[0] / n_small
     print(f"sliding-window overhead without a network: {overhead:.3f} s per window")
-    forwards = time_forwards(built, x, args.repeats)
+    forwards = {n: tuple(v / args.batch for v in t) for n, t in time_forwards(built, x, args.repeats).items()}
     rows, reference = [], None
     for name, runner, amp, load_s, note in built:
         fwd, fwd_min, fwd_cpu = forwards[name]
-        case_s, mask = time_case(runner, data, patch, amp, mirror=False)
+        (t1, mask), (t2, _) = (time_case(runner, data, patch, amp, mirror=False) for _ in range(2))
+        case_s = min(t1, t2)  # the first call also pays one-off setup (e.g. oneDNN kernels for a last, smaller batch)
         reference = mask if reference is None else reference
         tta_s = time_case(runner, data, patch, amp, mirror=True)[0] if args.tta_case else float("nan")
         rows.append(dict(name=name, note=note, load=load_s, fwd=fwd, fwd_min=fwd_min, fwd_cpu=fwd_cpu, case=case_s, tta=tta_s,
@@ -217,7 +304,7 @@ def main() -> int:
                   flush=True)
     base = next((r for r in rows if r["name"] == "torch-fp32"), rows[0])
     print(f"\nload average at end: {os.getloadavg()}\n")
-    print("| runtime | load s | forward s: median (min) | forward CPU s | small case s, no TTA | small case s, TTA | "
+    print("| runtime | load s | forward s per window: median (min) | forward CPU s per window | small case s, no TTA | small case s, TTA | "
           "Dice vs torch fp32 | 512 case s, no TTA (extrapolated) | 512 case s, TTA (extrapolated) | vs torch fp32 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -57,6 +57,14 @@ def write_blob_dataset(folder: Path, n: int = 4, shape=(12, 24, 24), spacing=(2.
 
 
 @pytest.fixture(autouse=True)
+def _auto_runtime_is_torch(monkeypatch):
+    """In-process predictions run PyTorch whichever optional runtimes this machine has (CI has none),
+    so results do not depend on the machine; tests of ``--runtime auto``'s choice set it themselves."""
+    from autoseg.inference import runtimes
+    monkeypatch.setattr(runtimes, "AUTO_CPU_RUNTIMES", ("torch",))
+
+
+@pytest.fixture(autouse=True)
 def _restore_locale():
     """GDCM's DICOM writer (used by tests that make DICOM series) switches the process to the C
     locale, after which ``open()`` defaults to ASCII; every test starts and ends in the same locale."""

@@ -106,6 +106,7 @@ def test_exported_network_has_dynamic_spatial_axes():
 
 
 def test_runtime_choice_never_needs_optional_packages(monkeypatch):
+    monkeypatch.setattr(runtimes, "AUTO_CPU_RUNTIMES", ("openvino", "torch"))  # the product's order (conftest pins torch)
     monkeypatch.setattr(runtimes, "is_installed", lambda r: r == "torch")
     assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"
     assert runtimes.choose_runtime("auto", "cuda", onnx_model=False) == "torch"
@@ -118,11 +119,16 @@ def test_runtime_choice_never_needs_optional_packages(monkeypatch):
     with pytest.raises(AutosegError, match="pip install onnx"):
         runtimes.choose_runtime("onnxruntime", "cpu", onnx_model=False)
     assert runtimes.choose_runtime("onnxruntime", "cpu", onnx_model=True) == "onnxruntime"  # no export needed
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"  # OpenVINO needs the ONNX export
     monkeypatch.setattr(runtimes, "can_export_onnx", lambda: True)
-    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"  # optional runtimes are opt-in
-    assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "onnxruntime"
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "openvino"  # the fastest measured on a CPU
+    assert runtimes.choose_runtime("auto", "cuda", onnx_model=False) == "torch"
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "openvino"
     with pytest.raises(AutosegError, match="--device cpu"):
         runtimes.choose_runtime("openvino", "cuda", onnx_model=False)
+    monkeypatch.setattr(runtimes, "is_installed", lambda r: r != "openvino")
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=False) == "torch"
+    assert runtimes.choose_runtime("auto", "cpu", onnx_model=True) == "onnxruntime"
 
 
 def test_runtime_network_falls_back_to_one_sample_for_fixed_batch_models():

@@ -34,6 +34,7 @@ from autoseg.evaluation.metrics import (Region, as_region, compute_case_metrics,
 from autoseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
 from autoseg.io.images import read_image
 from autoseg.io.json_io import atomic_write_bytes, load_json, save_json
+from autoseg.io.workers import pool_context
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 SEG_SUFFIX = ".dcm"  # DICOM SEG, reference side only
@@ -76,7 +77,7 @@ def map_cases(fn: Callable[[tuple], Any], jobs: list[tuple], num_workers: int, d
     # the bar is closed (its line ended) before an error propagates, so the error gets a line of its own
     with tqdm(total=len(jobs), desc=desc, unit="case") as bar:
         if num_workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=pool_context()) as pool:
                 for r in pool.map(fn, jobs):
                     out.append(r)
                     bar.update()

@@ -22,7 +22,7 @@ from autoseg.datasets.layout import CaseFiles, DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint.cropping import crop, nonzero_bbox
 from autoseg.io.images import read_case, read_header, read_label
-from autoseg.io.workers import die_with_parent, parent_gone
+from autoseg.io.workers import die_with_parent, parent_gone, pool_context
 from autoseg.io.json_io import load_dataclass, save_json
 
 SAMPLE_BUDGET = 2_000_000
@@ -191,7 +191,7 @@ def extract_fingerprint(name: str, info: DatasetInfo, cases: list[CaseFiles], nu
                 results.append(e)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent) as ex:
+        with ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent, mp_context=pool_context()) as ex:
             for r in ex.map(_worker, jobs):
                 results.append(r)
                 bar.update()

@@ -73,8 +73,8 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                    help="JSON of DICOM SEG codes per label name (docs/deploy.md); default: the model's segment_codes.json, "
                         "dataset.json's 'segment_codes', then built-in liver / liver tumour codes")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="engine for the network (default auto: torch for checkpoints; an ONNX model: onnxruntime, else "
-                        "openvino). openvino was measured about 2x faster on a CPU: docs/deploy.md")
+                   help="engine for the network (default auto: on a CPU openvino when installed, the fastest measured "
+                        "(0.6x torch's time, docs/deploy.md), else torch; CUDA: torch; an ONNX model: openvino, else onnxruntime)")
 
 
 def run_predict(a: argparse.Namespace) -> int:

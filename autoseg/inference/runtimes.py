@@ -13,10 +13,12 @@ ONNX Runtime and OpenVINO are optional packages, imported only when chosen. For 
 (checkpoints) they run an ONNX export made in memory at load time (:mod:`onnx_export`); a model
 exported with ``export_model --format onnx`` has no checkpoints and needs one of them.
 
-``auto`` picks torch for checkpoints, and for an ONNX model the first installed of onnxruntime,
-openvino. OpenVINO is the fastest measured on CPUs (docs/benchmarks.md, "CPU runtimes",
-masks agreeing) but opt-in, see :data:`FASTEST_CPU_RUNTIME`. Prediction never needs the
-optional packages.
+``auto`` picks the fastest runtime measured that is installed (docs/benchmarks.md, "CPU
+runtimes"): on a CPU, OpenVINO when it (and ``onnx``, for the in-memory export) is installed,
+else torch; on a GPU, torch; for an ONNX model, OpenVINO, else ONNX Runtime. Prediction never
+needs the optional packages. OpenVINO's thread pool does not survive ``fork()``: once it runs,
+this process starts its later process pools (evaluation, preprocessing, data loading) with
+"forkserver" (:func:`autoseg.io.workers.mark_fork_unsafe`).
 """
 
 from __future__ import annotations
@@ -32,18 +34,19 @@ import torch
 from torch import nn
 
 from autoseg.errors import AutosegError
+from autoseg.io.workers import mark_fork_unsafe
 from autoseg.model.onnx_export import INPUT_NAME, export_network
 
 if TYPE_CHECKING:  # only its folds, channels and patch size are used
     from autoseg.model.trained import TrainedModel
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-ONNX_RUNTIMES = ("onnxruntime", "openvino")  # auto's order for an ONNX model (OpenVINO: see FASTEST_CPU_RUNTIME)
-# docs/benchmarks.md "CPU runtimes": OpenVINO took 0.2-0.55x PyTorch float32's forward time on a
-# 2-core AVX2 CPU with Dice >= 0.999 against it; ONNX Runtime 0.4-0.9x. Not auto's choice for
-# checkpoints (yet): with OpenVINO run in the test process, two full test-suite runs segfaulted
-# later in fork-based tests (none with it blocked), so it stays opt-in until that is understood.
-FASTEST_CPU_RUNTIME = "openvino"
+# docs/benchmarks.md "CPU runtimes": with predict's window pairs, OpenVINO's forward took 0.60-0.64x
+# PyTorch float32's on a 2-core AVX2 CPU (masks: Dice >= 0.999 against it), ONNX Runtime
+# 0.83-0.99x. int8 (static QDQ quantisation, run by OpenVINO) changed a trained network's masks
+# (Dice 0.97 < 0.99), so it is not offered.
+AUTO_CPU_RUNTIMES = ("openvino", "torch")  # auto's order for checkpoints on a CPU, fastest first
+ONNX_RUNTIMES = ("openvino", "onnxruntime")  # auto's order for an ONNX model, fastest first
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -67,7 +70,7 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
         raise AutosegError(f"--runtime {requested}: choose one of {', '.join(RUNTIMES)}")
     if requested == "auto":
         if not onnx_model:
-            return "torch"
+            return _auto_for_checkpoints(device)
         found = [r for r in ONNX_RUNTIMES if is_installed(r)]
         if not found:
             raise AutosegError("this model is ONNX (export_model --format onnx); install a runtime for it: "
@@ -86,6 +89,13 @@ def choose_runtime(requested: str, device: str, onnx_model: bool) -> str:
             raise AutosegError(f"--runtime {requested}: checkpoints are exported to ONNX first, which needs the onnx "
                                f"package; pip install onnx or use --runtime torch")
     return requested
+
+
+def _auto_for_checkpoints(device: str) -> str:
+    """The first of :data:`AUTO_CPU_RUNTIMES` that can run here (torch always can); torch off the CPU."""
+    if device != "cpu":
+        return "torch"
+    return next(r for r in AUTO_CPU_RUNTIMES if r == "torch" or (is_installed(r) and can_export_onnx()))
 
 
 class RuntimeNetwork(nn.Module):
@@ -122,6 +132,7 @@ def onnxruntime_network(onnx: bytes | str | Path, threads: int | None = None) ->
 def openvino_network(onnx: bytes | str | Path, threads: int | None = None, precision: str | None = None) -> RuntimeNetwork:
     """OpenVINO CPU compiled model; ``precision`` "f32"/"bf16" overrides its default inference precision."""
     import openvino as ov
+    mark_fork_unsafe("openvino")
     core = ov.Core()
     config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     if precision:

@@ -28,7 +28,7 @@ from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import extract_fingerprint
 from autoseg.io.images import read_case, read_label
 from autoseg.io.json_io import load_json, remove_stale_temps, save_json, write_error
-from autoseg.io.workers import die_with_parent, parent_gone
+from autoseg.io.workers import die_with_parent, parent_gone, pool_context
 from autoseg.planners.planner import plan_experiment
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import is_case_done, save_case
@@ -111,7 +111,7 @@ def _run_jobs(jobs: list, num_processes: int, desc: str) -> list[str]:
                     errors.append(err)
                 bar.update()
             return errors
-        ex = ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent)
+        ex = ProcessPoolExecutor(max_workers=num_processes, initializer=die_with_parent, mp_context=pool_context())
         try:
             for err in ex.map(_preprocess_one, jobs):
                 if err is not None:

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from autoseg.errors import AutosegError
+from autoseg.io.workers import pool_context
 
 
 class BatchSource(Protocol):
@@ -122,7 +123,8 @@ class BackgroundLoader:
     ``sampler_factory(seed=...)`` -> an object with ``next_batch() -> dict``;
     ``transform(**batch) -> dict`` (e.g. from :mod:`autoseg.trainers.augmentation`) or None.
     ``num_cached``: batches prefetched across all workers. ``pin_memory``: page-lock batches for
-    fast host-to-GPU copies. ``multiprocessing_context``: None (platform default: fork on Linux),
+    fast host-to-GPU copies. ``multiprocessing_context``: None (the platform default, fork on Linux,
+    or forkserver once a fork-unsafe engine runs in this process: ``io.workers.pool_context``),
     "spawn" or "forkserver".
 
     Shutdown: :meth:`close` (or leaving the ``with`` block, or any exception/KeyboardInterrupt while
@@ -148,7 +150,8 @@ class BackgroundLoader:
             loader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
                                 prefetch_factor=max(1, math.ceil(num_cached / self.num_workers)),
                                 pin_memory=pin_memory and torch.cuda.is_available(),
-                                multiprocessing_context=multiprocessing_context, persistent_workers=False)
+                                multiprocessing_context=pool_context(multiprocessing_context),
+                                persistent_workers=False)
             self._iter = iter(loader)  # starts the workers
 
     @property

@@ -131,3 +131,25 @@ def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path 
 if __name__ == "__main__":  # quick self-check: python benchmarks/_measure.py <cmd...>
     import sys
     print(measure(sys.argv[1:] or ["python", "-c", "import numpy as np; a = np.ones(50_000_000); import time; time.sleep(0.5)"]))
+
+
+def run_autoseg(args: Sequence[str], env: Mapping[str, str], log: Path) -> float:
+    """``python -m autoseg ARGS`` from the repository root, output to ``log``; its wall time (s).
+    A failing command ends the benchmark with the log's name (SystemExit)."""
+    import sys
+    t0 = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.call([sys.executable, "-m", "autoseg", *args], env=dict(env), stdout=f, stderr=subprocess.STDOUT,
+                             cwd=Path(__file__).resolve().parents[1])
+    if rc != 0:
+        raise SystemExit(f"autoseg {' '.join(args)} failed (exit {rc}); see {log}")
+    return time.time() - t0
+
+
+def add_comparison_args(parser, test_cases: int) -> None:
+    """The arguments every synthetic-data comparison of two models shares (work folder, data, plan target)."""
+    parser.add_argument("--work", required=True, type=Path, help="empty folder for data, models and logs")
+    parser.add_argument("--size", default="medium", choices=["tiny", "small", "demo", "medium", "large"])
+    parser.add_argument("--train-cases", type=int, default=12)
+    parser.add_argument("--test-cases", type=int, default=test_cases)
+    parser.add_argument("--target", default="cpu", choices=["cpu", "gpu"])

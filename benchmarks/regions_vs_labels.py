@@ -25,25 +25,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import add_comparison_args, run_autoseg  # noqa: E402
 
 LABELS = "Dataset061_LiverLabels"
 REGIONS = "Dataset062_LiverRegions"
 REGION_LABELS = {"background": 0, "liver": [1, 2], "tumor": 2}
 
 
-def run(args: list[str], env: dict, log: Path) -> float:
-    """``python -m autoseg ARGS`` from the repository root; returns the wall time (s)."""
-    t0 = time.time()
-    with open(log, "w") as f:
-        rc = subprocess.call([sys.executable, "-m", "autoseg", *args], env=env, stdout=f, stderr=subprocess.STDOUT,
-                             cwd=Path(__file__).resolve().parents[1])
-    if rc != 0:
-        raise SystemExit(f"autoseg {' '.join(args)} failed (exit {rc}); see {log}")
-    return time.time() - t0
+run = run_autoseg
 
 
 def make_datasets(a: argparse.Namespace, env: dict, logs: Path) -> None:
@@ -75,11 +68,7 @@ def score(dataset: str, a: argparse.Namespace, env: dict, logs: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", required=True, type=Path, help="empty folder for data, models and logs")
-    p.add_argument("--size", default="medium", choices=["tiny", "small", "demo", "medium", "large"])
-    p.add_argument("--train-cases", type=int, default=12)
-    p.add_argument("--test-cases", type=int, default=4)
-    p.add_argument("--target", default="cpu", choices=["cpu", "gpu"])
+    add_comparison_args(p, test_cases=4)
     p.add_argument("--train-budget", default=None, help="--time-budget of each model (e.g. 1h); else --epochs/--iters-per-epoch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--iters-per-epoch", type=int, default=2)

@@ -1,0 +1,128 @@
+"""Tumour detection: the two-stage model (stage 1 + ``3d_roi_fullres``) vs one ``3d_fullres`` model,
+at the same total CPU training time (issue 12).
+
+Both models learn from the same synthetic cases (``autoseg synthetic --size medium`` by default)
+and the same plans (``plan_and_preprocess --target``). The single-stage model trains
+``3d_fullres`` for ``--train-budget``; the two-stage model splits the same budget between its
+first stage (``--stage1-share`` of it) and ``3d_roi_fullres`` (the rest). Each model lives in its
+own results folder (``AUTOSEG_RESULTS``), trains on all training cases (fold ``all``, no fold
+validation), predicts the same held-out test cases with mirroring TTA, and is scored by
+``autoseg evaluate -l 1 2`` against ``labelsTs``. Printed, one row per model: training and
+prediction wall times, liver and tumour Dice, tumour voxel precision/recall, and lesion
+precision/recall pooled over the test cases (a reference lesion counts as found when a predicted
+tumour voxel touches it; a predicted lesion is a true one when it touches a reference lesion).
+
+Every step is an ordinary ``autoseg`` command in a fresh process. Run (about 45 minutes on 2
+cores with the defaults)::
+
+    python benchmarks/roi_vs_single.py --work /tmp/roi_vs_single --train-budget 12m
+
+A smoke run (a few minutes; untrained models, the figures mean nothing)::
+
+    python benchmarks/roi_vs_single.py --work /tmp/roi_vs_single_smoke --size small --train-cases 4 \\
+        --test-cases 1 --train-budget 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import add_comparison_args, run_autoseg  # noqa: E402
+
+DATASET = "Dataset043_RoiVsSingle"
+
+
+def run(args: list[str], env: dict, log: Path) -> float:
+    """``python -m autoseg ARGS`` (``_measure.run_autoseg``), its wall time printed and returned."""
+    took = run_autoseg(args, env, log)
+    print(f"  {' '.join(args[:5]):<60} {took:7.0f} s", flush=True)
+    return took
+
+
+def seconds(budget: str) -> float:
+    """'12m', '90s', '1h30m' -> seconds (the same forms as ``train --time-budget``)."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", budget)
+    if not parts or "".join(n + u for n, u in parts) != budget:
+        raise SystemExit(f"--train-budget {budget}: use forms like 90s, 12m, 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def schedule(budget_s: float) -> list[str]:
+    """``--time-budget`` in whole seconds; 0 = one epoch of one iteration (a smoke run)."""
+    return ["--time-budget", f"{int(round(budget_s))}s"] if budget_s > 0 else ["--epochs", "1", "--iters-per-epoch", "1"]
+
+
+def train(configurations: list[tuple[str, float]], a: argparse.Namespace, env: dict, logs: Path, tag: str) -> float:
+    """Train each (configuration, budget s); returns the total wall time and prints the budget accuracy."""
+    total = 0.0
+    for conf, budget_s in configurations:
+        log = logs / f"{tag}_train_{conf}.log"
+        total += run(["train", "-d", DATASET, "-c", conf, "-f", "all", "--no-validation", "--seed", str(a.seed),
+                      *schedule(budget_s)], env, log)
+        found = re.search(r"trained (\d+) epochs in (\d+) s \(time budget (\d+) s\)", log.read_text())
+        if found:
+            epochs, took, budget = (int(g) for g in found.groups())
+            print(f"    {conf}: {epochs} epochs, training took {took} s of a {budget} s budget ({100 * (took / budget - 1):+.1f} %)")
+    return total
+
+
+def score(configuration: str, env: dict, a: argparse.Namespace, logs: Path, tag: str) -> dict:
+    """Predict the test cases with ``configuration`` (fold all, TTA) and evaluate them."""
+    raw, out = Path(env["AUTOSEG_RAW"]) / DATASET, a.work / "predictions" / tag
+    predict_s = run(["predict", "-d", DATASET, "-c", configuration, "-f", "all", "-i", str(raw / "imagesTs"), "-o", str(out),
+                     "--overwrite"], env, logs / f"{tag}_predict.log")
+    run(["evaluate", "-r", str(raw / "labelsTs"), "-p", str(out), "-l", "1", "2"], env, logs / f"{tag}_evaluate.log")
+    mean = json.loads((out / "summary.json").read_text())["mean"]
+    liver, tumour = mean["1"], mean["2"]
+    return {"predict_s": predict_s, "liver": liver["Dice"], "tumour": tumour["Dice"], "t_prec": tumour["precision"],
+            "t_rec": tumour["recall"],
+            "l_prec": tumour["lesion_tp_pred"] / tumour["lesion_n_pred"] if tumour["lesion_n_pred"] else float("nan"),
+            "l_rec": tumour["lesion_detected"] / tumour["lesion_n_ref"] if tumour["lesion_n_ref"] else float("nan")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_comparison_args(p, test_cases=5)
+    p.add_argument("--train-budget", default="12m", help="total training time of each model; 0 = untrained (smoke run)")
+    p.add_argument("--stage1-share", type=float, default=1 / 3, help="the first stage's share of the two-stage budget")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    logs = a.work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, AUTOSEG_RAW=str(a.work / "raw"), AUTOSEG_PREPROCESSED=str(a.work / "pre"))
+    print(f"load average at start: {os.getloadavg()}")
+    run(["synthetic", "-d", DATASET, "-n", str(a.train_cases), "--num-test", str(a.test_cases), "--size", a.size,
+         "--seed", str(a.seed)], env, logs / "synthetic.log")
+    run(["plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "3d_lowres", "3d_roi_fullres", "--target", a.target,
+         "-np", "1"], env, logs / "plan.log")
+    roi = json.loads((Path(env["AUTOSEG_PREPROCESSED"]) / DATASET / "plans.json").read_text())["configurations"].get("3d_roi_fullres")
+    if roi is None:
+        raise SystemExit("3d_roi_fullres was not planned for this data (the foreground fills too much of the image)")
+    total = 0.0 if a.train_budget == "0" else seconds(a.train_budget)
+    first = roi["previous_stage"]
+    rows = {}
+    single_env = dict(env, AUTOSEG_RESULTS=str(a.work / "res_single"))
+    two_env = dict(env, AUTOSEG_RESULTS=str(a.work / "res_two_stage"))
+    train_s = train([("3d_fullres", total)], a, single_env, logs, "single")
+    rows["single-stage 3d_fullres"] = {"train_s": train_s, **score("3d_fullres", single_env, a, logs, "single")}
+    train_s = train([(first, total * a.stage1_share), ("3d_roi_fullres", total * (1 - a.stage1_share))], a, two_env, logs, "two")
+    rows[f"two-stage {first} + 3d_roi_fullres"] = {"train_s": train_s, **score("3d_roi_fullres", two_env, a, logs, "two")}
+    print(f"\nsynthetic --size {a.size}: {a.train_cases} training / {a.test_cases} test cases, --target {a.target}, "
+          f"fold all, {a.train_budget} of training per model (two-stage: {a.stage1_share:.2f} of it for {first}), "
+          f"mirroring TTA; load average at end: {os.getloadavg()}\n")
+    print("| model | training s | prediction s | liver Dice | tumour Dice | tumour precision | tumour recall | "
+          "lesion precision | lesion recall |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['train_s']:.0f} | {r['predict_s']:.0f} | {r['liver']:.3f} | {r['tumour']:.3f} | {r['t_prec']:.3f} | "
+              f"{r['t_rec']:.3f} | {r['l_prec']:.3f} | {r['l_rec']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

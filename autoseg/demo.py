@@ -63,6 +63,8 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                    help="plan sized to ~1 s per training iteration on 2 CPU cores (default) or to --gpu-memory")
     p.add_argument("--gpu-memory", type=float, default=8.0, help="with --target gpu: memory budget in GB (default 8)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="engine for predicting the test cases (see autoseg predict --runtime)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -94,7 +96,8 @@ def run_demo(a: argparse.Namespace) -> int:
          + _schedule(a)
          + (["--device", a.device] if a.device else [])),
         ("predict test cases", ["predict", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTs"),
-                                "-o", str(out / "predictions"), "--uncertainty", "--overwrite"] + (["--device", a.device] if a.device else [])),
+                                "-o", str(out / "predictions"), "--uncertainty", "--overwrite", "--runtime", a.runtime]
+         + (["--device", a.device] if a.device else [])),
         ("evaluate", ["evaluate", "-r", str(raw / "labelsTs"), "-p", str(out / "predictions"), "-o", str(out / "summary.json"),
                       "--dataset-json", str(raw / "dataset.json")]),
         ("report", ["report", "-i", str(raw / "imagesTs"), "-p", str(out / "predictions"), "-r", str(raw / "labelsTs"),

@@ -18,11 +18,6 @@ What it does, every step an ordinary ``autoseg`` command in a fresh process (mea
 3. The two-stage path in one command (``predict -c 3d_roi_fullres``) and the whole-image model
    (``predict -c 3d_fullres``); liver/tumour Dice of the two-stage masks against the whole-image
    masks (``autoseg evaluate``) when trained.
-4. When trained, the agreement with *the same network* over the whole image: stage 2's network
-   run over every voxel (``--prev-stage-predictions`` given a mask that is foreground everywhere,
-   so the box is the whole image) against the two-stage path, both without TTA -- what
-   restricting stage 2 to stage 1's box changes, with training taken out of the comparison.
-   ``--reuse`` skips step 1 when ``--work`` already holds the data and trained models.
 
 Run (about an hour on 2 cores with the defaults, most of it training)::
 
@@ -92,39 +87,12 @@ def parts(first: str, image: Path, work: Path, env: dict, logs: Path) -> None:
                                                 "-o", str(work / "stage2"), "--prev-stage-predictions", str(s1), "--overwrite"), env, logs)
 
 
-def same_network_agreement(image: Path, work: Path, env: dict, logs: Path) -> None:
-    """Two-stage vs stage 2's network over the whole image (no TTA), scored by autoseg evaluate."""
-    import os
-    import numpy as np
-    os.environ.update(env)
-    from autoseg.io.images import read_image, write_image
-    _, geom = read_image(image)
-    everywhere = work / "everywhere"
-    everywhere.mkdir(exist_ok=True)
-    case = image.name.replace("_0000.nii.gz", "")
-    write_image(np.ones(geom.shape_zyx, np.uint8), geom, everywhere / f"{case}.nii.gz")
-    step("stage 2's network, whole image", autoseg("predict", "-c", "3d_roi_fullres", "-f", "0", "-i", str(image.parent),
-                                                   "-o", str(work / "roi_whole"), "--prev-stage-predictions", str(everywhere),
-                                                   "--no-tta", "--overwrite"), env, logs)
-    step("two-stage, no TTA", autoseg("predict", "-c", "3d_roi_fullres", "-f", "0", "-i", str(image.parent),
-                                      "-o", str(work / "two_stage_no_tta"), "--no-tta", "--overwrite"), env, logs)
-    out = work / "agreement_same_network.json"
-    step("agreement (evaluate)", autoseg("evaluate", "-r", str(work / "roi_whole"), "-p", str(work / "two_stage_no_tta"),
-                                         "-o", str(out)), env, logs)
-    import json
-    mean = json.loads(out.read_text())["mean"]
-    print(f"  two-stage vs the same network over the whole image: liver Dice {mean['1']['Dice']:.4f}, "
-          f"tumour Dice {mean['2']['Dice']:.4f}  [goal: liver Dice >= 0.98]")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/roi_bench"))
     p.add_argument("--train-cases", type=int, default=4)
     p.add_argument("--train-budget", default="10m", help="per model; 0 = untrained (timing only)")
     p.add_argument("--target", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--reuse", action="store_true", help="--work already holds the data and trained models: skip step 1")
-    p.add_argument("--only-agreement", action="store_true", help="with --reuse: run step 4 only")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     logs = a.work / "logs"
@@ -132,12 +100,9 @@ def main() -> None:
     env = {"AUTOSEG_RAW": str(a.work / "raw"), "AUTOSEG_PREPROCESSED": str(a.work / "pre"), "AUTOSEG_RESULTS": str(a.work / "res")}
     import os
     env = {**os.environ, **env}
-    first = first_stage(env) if a.reuse else prepare(a, env, logs)
+    first = prepare(a, env, logs)
     images = a.work / "raw" / DATASET / "imagesTs"
     image = sorted(images.glob("*_0000.nii.gz"))[0]
-    if a.only_agreement:
-        same_network_agreement(image, a.work, env, logs)
-        return
     print("\ntwo-stage path, part by part (1 fold, mirroring TTA):")
     parts(first, image, a.work, env, logs)
     print("\nend to end (1 fold, mirroring TTA):")
@@ -150,14 +115,6 @@ def main() -> None:
         step("agreement (evaluate)", autoseg("evaluate", "-r", str(a.work / "whole"), "-p", str(a.work / "two_stage"),
                                              "-o", str(a.work / "agreement.json")), env, logs)
         print(f"  two-stage vs whole-image masks: {a.work / 'agreement.json'}  [goal: liver Dice >= 0.98]")
-        same_network_agreement(image, a.work, env, logs)
-
-
-def first_stage(env: dict) -> str:
-    """The first stage named by the existing plans (``--reuse``)."""
-    import json
-    plans = json.loads((Path(env["AUTOSEG_PREPROCESSED"]) / DATASET / "plans.json").read_text())
-    return plans["configurations"]["3d_roi_fullres"]["previous_stage"]
 
 
 if __name__ == "__main__":

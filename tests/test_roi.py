@@ -11,7 +11,7 @@ from autoseg.io.images import Geometry, read_image, write_image
 from autoseg.io.json_io import load_json
 from autoseg.planners.plans import Plans
 from autoseg.preprocessing.preprocessor import preprocess_case
-from autoseg.preprocessing.roi import crop_case, grow_box, mask_box, roi_box, training_box
+from autoseg.preprocessing.roi import crop_case, grow_box, mask_box, roi_box, stage1_region, training_box
 
 from conftest import blob_case
 from test_predict import FLIPPED, make_model, tiny_config
@@ -29,7 +29,8 @@ def test_components_union_box_and_empty():
     m = np.zeros((6, 30, 30), np.uint8)
     m[1:3, 2:6, 2:6] = 1            # organ 1: 32 voxels
     m[2:4, 20:25, 22:27] = 1        # organ 2 (a second kidney): 50 voxels
-    m[5, 29, 0] = 1                 # a stray voxel, < 10 % of the largest: dropped
+    m[5, 29, 0] = 1                 # a stray voxel: dropped
+    m[5, 12:15, 12:15] = 1          # a false blob of 9 voxels (18 % of the largest, < 50 %): dropped
     box, n = roi_box(m, [1.0, 1.0, 1.0], 0.0)
     assert n == 2 and box == [[1, 4], [2, 25], [2, 27]]
     assert roi_box(np.zeros((4, 4, 4), np.uint8), [1, 1, 1], 10.0) == (None, 0)
@@ -136,3 +137,18 @@ def test_empty_stage_one_falls_back_to_the_whole_image(autoseg_env, tmp_path, ca
                  "--prev-stage-predictions", str(prev)]) == 0
     assert "found no foreground; stage 2 predicts the whole image" in capsys.readouterr().err
     assert read_image(tmp_path / "o" / "c.nii.gz")[1].matches(g) is None
+
+
+def test_stage1_region_grows_the_kept_components_by_the_margin_in_mm():
+    m = np.zeros((11, 21, 21), np.uint8)
+    m[5, 10, 10] = 1                 # the organ (one voxel)
+    region = stage1_region(m, [2.5, 1.0, 1.0], 5.0)
+    assert region[5 + 2, 10, 10] and not region[5 + 3, 10, 10]      # 5 mm: 2 slices of 2.5 mm, not 3
+    assert region[5, 10 + 5, 10] and not region[5, 10 + 6, 10]      # 5 voxels of 1 mm in-plane
+    assert region[5, 13, 14] and not region[5, 14, 14]               # a ball: sqrt(9 + 16) = 5 in, sqrt(32) out
+    big = np.zeros((6, 30, 30), np.uint8)
+    big[1:4, 2:8, 2:8] = 1           # the organ, 108 voxels
+    big[3, 25:27, 25:27] = 1         # a false blob of 4 voxels: not kept, so no region around it
+    region = stage1_region(big, [1.0, 1.0, 1.0], 2.0)
+    assert region[1:4, 2:8, 2:8].all() and region[2, 9, 5] and not region[3, 25, 25]
+    assert not stage1_region(np.zeros((4, 4, 4), np.uint8), [1, 1, 1], 10.0).any()

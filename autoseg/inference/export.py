@@ -89,15 +89,19 @@ def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, co
 
 
 def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan, out_path: Path,
-                      rules: PostprocessingRules | None = None, save_probabilities: bool = False) -> np.ndarray:
+                      rules: PostprocessingRules | None = None, save_probabilities: bool = False,
+                      keep_within: np.ndarray | None = None) -> np.ndarray:
     """Write the mask for one case (and its probabilities if asked); returns the uint8 mask.
 
-    ``out_path`` is the mask's file (its ending picks the format). Postprocessing ``rules``
-    apply to the mask only, not to saved probabilities.
+    ``out_path`` is the mask's file (its ending picks the format). ``keep_within`` (bool, the
+    input grid; the two-stage model's stage-1 region) sets every label outside it to background,
+    before the postprocessing ``rules``. Both apply to the mask only, not to saved probabilities.
     """
     out_path = Path(out_path)
     with torch.inference_mode():
         seg, full_probs = segment(probs, props, plans, config, keep_probabilities=save_probabilities)
+    if keep_within is not None:
+        seg[~keep_within] = 0
     if rules is not None:
         seg = apply_postprocessing(seg, rules)
     write_image(seg, props.output_geometry, out_path)

@@ -1,7 +1,8 @@
 """``autoseg demo``: the whole pipeline on built-in synthetic data, sized for a 2-core CPU.
 
-synthetic dataset -> plan_and_preprocess -> train fold 0 (short schedule) -> predict the
-held-out test cases -> evaluate -> HTML report. Everything goes under ``--out``
+synthetic dataset -> plan_and_preprocess -> train fold 0 (a time budget) and predict its validation
+cases -> choose postprocessing on them (find_best_configuration -f 0) -> predict the held-out test
+cases -> evaluate -> HTML report. Everything goes under ``--out``
 (default ``./autoseg_demo``), which becomes AUTOSEG_RAW/PREPROCESSED/RESULTS for the run.
 
 The data is the ``demo`` synthetic preset (abdominal CT at real scale: about 52 x 160 x 160 voxels
@@ -56,7 +57,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-cases", type=int, default=4, help="held-out synthetic test cases (default 4)")
     p.add_argument("--size", default="demo", choices=["tiny", "small", "demo", "medium"],
                    help="synthetic case size (default demo: CT at real scale, 160 voxels in-plane)")
-    p.add_argument("--time-budget", default="8m", help="training time for fold 0 (default 8m; see autoseg train --time-budget)")
+    p.add_argument("--time-budget", default="10m", help="training time for fold 0 (default 10m; see autoseg train --time-budget)")
     p.add_argument("--epochs", type=int, default=None, help="a fixed number of epochs instead of the time budget")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="with --epochs: iterations per epoch (default 20)")
     p.add_argument("--target", default="cpu", choices=["cpu", "gpu"],
@@ -92,9 +93,10 @@ def run_demo(a: argparse.Namespace) -> int:
     plan = ["plan_and_preprocess", "-d", "Liver", "-c", "3d_fullres", "--target", a.target, "-np", "2"]
     steps: list[tuple[str, list[str]]] = [
         ("plan and preprocess", plan + (["--gpu-memory", str(a.gpu_memory)] if a.target == "gpu" else [])),
-        ("train fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--checkpoint-every", "5", "--no-validation"]
+        ("train + validate fold 0", ["train", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "--checkpoint-every", "5"]
          + _schedule(a)
          + (["--device", a.device] if a.device else [])),
+        ("choose postprocessing", ["find_best_configuration", "-d", "Liver", "-f", "0", "-np", "2"]),
         ("predict test cases", ["predict", "-d", "Liver", "-c", "3d_fullres", "-f", "0", "-i", str(raw / "imagesTs"),
                                 "-o", str(out / "predictions"), "--uncertainty", "--overwrite", "--runtime", a.runtime]
          + (["--device", a.device] if a.device else [])),

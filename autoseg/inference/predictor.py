@@ -103,7 +103,8 @@ class Predictor:
         self.networks = load_networks(model, options.device, options.runtime, options.amp)
         dim = len(model.patch_size)
         self.settings = SlidingWindowSettings(
-            patch_size=model.patch_size, step=options.step, mirror=options.mirror, ensemble=options.ensemble,
+            patch_size=model.patch_size, step=options.step, mirror=options.mirror, mirror_axes=model.config.mirror_axes,
+            ensemble=options.ensemble,
             weights=options.weights, device=options.device, amp=options.amp,
             batch_size=self.window_batch(dim), sigmoid=model.plans.label_definition.has_regions)
 

@@ -110,9 +110,11 @@ def window_grid(shape: Sequence[int], patch: Sequence[int], step: float) -> tupl
     return starts, windows  # type: ignore[return-value]
 
 
-def mirror_combinations(dim: int) -> list[tuple[int, ...]]:
-    """All subsets of the ``dim`` spatial axes (0-based), identity first: 2^dim entries."""
-    return [c for r in range(dim + 1) for c in itertools.combinations(range(dim), r)]
+def mirror_combinations(dim: int, axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """All subsets of the ``dim`` spatial axes (0-based; only ``axes`` when given), identity first:
+    2^dim (2^len(axes)) entries."""
+    pool = range(dim) if axes is None else sorted(int(a) for a in axes)
+    return [c for r in range(len(pool) + 1) for c in itertools.combinations(pool, r)]
 
 
 def out_of_memory_error() -> type[Exception]:
@@ -163,6 +165,7 @@ class SlidingWindowSettings:
     patch_size: Sequence[int]
     step: float = 0.5
     mirror: bool = True
+    mirror_axes: Sequence[int] | None = None  # the axes mirroring TTA flips (the plan's); None: all
     ensemble: str = "mean"
     weights: Sequence[float] | None = None
     batch_size: int = 1
@@ -267,7 +270,7 @@ def _run(networks: Sequence[nn.Module], data: torch.Tensor, num_classes: int, s:
     two_d = len(s.patch_size) == 2
     starts, windows = window_grid(shape, window, s.step)
     blend = _BlendWeights(shape, window, starts, results_device)
-    flips = mirror_combinations(len(s.patch_size)) if s.mirror else [()]
+    flips = mirror_combinations(len(s.patch_size), s.mirror_axes) if s.mirror else [()]
     net_w = _ensemble_weights(s, len(networks))
     acc = new_accumulator(num_classes, shape, results_device)
     if hook is not None:

@@ -74,6 +74,13 @@ class Geometry:
         return Geometry(shape_zyx=[int(b - a) for a, b in box_zyx], spacing_zyx=list(self.spacing_zyx),
                         origin_xyz=[float(o) for o in origin], direction=list(self.direction))
 
+    def reversed_axes_zyx(self) -> list[int]:
+        """Array axes (0 = Z) that run against the physical axis they mostly follow (the sign of the
+        largest entry of their direction column): flipping them puts every scan the same way round,
+        e.g. ``direction`` diag(-1, -1, 1) -> ``[1, 2]``."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return [2 - j for j in (2, 1, 0) if d[int(np.argmax(np.abs(d[:, j]))), j] < 0]
+
     def matches(self, other: "Geometry", tol: float = 1e-3) -> str | None:
         """None when both describe the same grid, else a short description of the difference."""
         if list(self.shape_zyx) != list(other.shape_zyx):

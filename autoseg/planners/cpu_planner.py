@@ -20,6 +20,13 @@ order, as for :func:`autoseg.planners.planner.plan_configuration`) is planned by
 4. **Batch.** As many samples as the target allows, at least 2, capped (like the GPU planner) so
    a batch covers at most 5 % of the dataset's voxels.
 
+5. **Orientation** (:func:`keep_orientation`). A short CPU schedule cannot afford to learn the
+   liver from the spleen by shape alone, so CPU plans keep the anatomy's sides: preprocessing flips
+   every axis stored against its physical direction (``canonical_orientation``; the patient's right
+   is then on the same side of every array), and training and mirroring TTA flip every patch axis
+   except the left-right one (``mirror_axes``; axial images: the array's X). Rotation stays within
+   +-30 degrees. GPU plans mirror every axis, as nnU-Net does.
+
 The plan records ``expected_s_per_iter_cpu`` and ``train_gflop_per_iter``. Edge case: when even
 the coarsest spacing tried (``MAX_COARSENING`` = 8x) at width 8 does not fit, that plan is kept
 and its expected s/iteration is above the target.
@@ -43,6 +50,7 @@ SPACING_STEP = 1.03
 MAX_COARSENING = 8.0
 MIN_BATCH_SIZE = 2
 MAX_DATASET_COVERED = 0.05
+LEFT_RIGHT_AXIS_ZYX = 2  # axial images: the array's X axis runs along the patient's left-right
 
 
 def coarser(spacing: np.ndarray) -> np.ndarray:
@@ -132,3 +140,11 @@ def plan_cpu_configuration(name: str, spacing: Sequence[float], median_shape: Se
         estimated_vram_gb=round(mem / ref * T.REFERENCE_GB * batch / ref_bs, 3),
         expected_s_per_iter_cpu=round(_cost(topo, patch, in_channels, num_classes, batch), 3),
         train_gflop_per_iter=round(batch * C.train_gflop(topo, patch, in_channels, num_classes), 2))
+
+
+def keep_orientation(config: ConfigurationPlan, transpose_forward: Sequence[int]) -> None:
+    """Step 5 of the module doc: canonical orientation, and no mirroring across the left-right axis."""
+    lr = list(transpose_forward).index(LEFT_RIGHT_AXIS_ZYX)
+    first = 3 - config.dim  # 2D patches are transposed axes 1 and 2
+    config.canonical_orientation = True
+    config.mirror_axes = [a - first for a in range(first, 3) if a != lr]

@@ -32,7 +32,7 @@ from autoseg.errors import AutosegError
 from autoseg.fingerprint.fingerprint import DatasetFingerprint
 from autoseg.planners import topology as T
 from autoseg.planners.cost_model import COST_MODEL, seconds_per_iteration, train_gflop
-from autoseg.planners.cpu_planner import plan_cpu_configuration
+from autoseg.planners.cpu_planner import keep_orientation, plan_cpu_configuration
 from autoseg.planners.roi import ROI_NAME, plan_roi
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, Plans, ResamplingSettings, compute_new_shape
 
@@ -206,6 +206,8 @@ def plan_experiment(info: DatasetInfo, fp: DatasetFingerprint, gpu_memory_gb: fl
             confs[ROI_NAME] = roi
     if "3d_fullres" in confs:
         full.batch_dice = "3d_lowres" in confs  # nnU-Net: batch Dice for fullres only when a cascade exists
+    for c in confs.values() if target == "cpu" else ():
+        keep_orientation(c, tf)
     for c in confs.values():  # what each plan would cost on the reference CPU (the GPU plans too)
         if c.expected_s_per_iter_cpu is None:
             c.train_gflop_per_iter = round(c.batch_size * train_gflop(c.topology, c.patch_size, info.num_channels, k), 2)

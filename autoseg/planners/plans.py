@@ -93,10 +93,17 @@ class ConfigurationPlan:
     train_gflop_per_iter: float | None = None  # convolution GFLOPs of one iteration, forward + backward, whole batch
     roi_margin_mm: float | None = None  # two-stage: stage 2 sees only the stage-1 foreground box + this margin
     roi_jitter_mm: float | None = None  # two-stage training: boxes shifted/resized by up to this much per side
+    canonical_orientation: bool = False  # preprocessing flips axes stored against their physical direction (CPU plans)
+    mirror_axes: list[int] | None = None  # patch axes mirrored in training and TTA; None: all (nnU-Net)
 
     @property
     def dim(self) -> int:
         return len(self.patch_size)
+
+    @property
+    def tta_axes(self) -> list[int]:
+        """The patch axes that augmentation and mirroring TTA flip (``mirror_axes``, else every axis)."""
+        return list(range(self.dim)) if self.mirror_axes is None else [int(a) for a in self.mirror_axes]
 
     @property
     def is_roi(self) -> bool:

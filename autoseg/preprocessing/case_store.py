@@ -27,6 +27,8 @@ class CaseProperties:
     """What preprocessing did to one case, so predictions can be mapped back exactly.
 
     ``bbox_zyx``: ``[[z0, z1], [y0, y1], [x0, x1]]`` crop box in the original (Z, Y, X) grid.
+    ``flipped_axes``: spatial axes of the preprocessed grid (0 = first) that were flipped last, after
+    resampling, so the case lies in canonical orientation (plans with ``canonical_orientation``).
     ``class_locations``: per foreground label (as string), up to N voxel coordinates
     ``[c, *spatial]`` in the preprocessed grid, used for foreground oversampling.
     """
@@ -41,6 +43,7 @@ class CaseProperties:
     roi_box_zyx: list[list[int]] | None = None  # two-stage: this case is the box of a larger input ...
     roi_full_geometry: Geometry | None = None   # ... whose grid this is (the mask is pasted back there)
     roi_core_zyx: list[list[int]] | None = None  # training: the un-jittered box in the preprocessed grid
+    flipped_axes: list[int] = field(default_factory=list)  # preprocessed axes flipped to canonical orientation
 
     @property
     def output_geometry(self) -> Geometry:

@@ -2,8 +2,8 @@
 grid back onto the input image, exactly.
 
 The preprocessed grid is the input cropped to its nonzero box, transposed
-(``Plans.transpose_forward``) and resampled to the plan's spacing. Undoing it for one map:
-resample to the cropped shape (linear in-plane; nearest along a coarse axis when the spacing
+(``Plans.transpose_forward``), resampled to the plan's spacing and possibly flipped
+(``CaseProperties.flipped_axes``). Undoing it for one map: flip back, resample to the cropped shape (linear in-plane; nearest along a coarse axis when the spacing
 is anisotropic: ``ResamplingSettings.order_seg`` / ``order_seg_z``), transpose back, then paste
 into the original (Z, Y, X) grid at the crop box. Outside the box is ``fill``. A two-stage case
 (:mod:`autoseg.preprocessing.roi`) is then pasted at its region-of-interest box into the whole input.
@@ -28,7 +28,10 @@ def to_cropped_grid(channel: torch.Tensor, props: CaseProperties, plans: Plans, 
     crop_t = plans.transposed(props.shape_after_crop_zyx)
     spacing_t = plans.transposed(props.original_geometry.spacing_zyx)
     r = config.resampling
-    out = resample_image(channel.numpy(), crop_t, props.spacing_after_resampling, spacing_t,
+    arr = channel.numpy()
+    if props.flipped_axes:
+        arr = np.ascontiguousarray(np.flip(arr, [1 + a for a in props.flipped_axes]))
+    out = resample_image(arr, crop_t, props.spacing_after_resampling, spacing_t,
                          r.order_seg, r.order_seg_z, r.anisotropy_threshold)
     return np.transpose(out[0], plans.transpose_backward)
 

@@ -6,7 +6,7 @@ Writes into ``<preprocessed>/<Dataset>/``: ``dataset.json`` (copy), ``dataset_fi
 made with). Each raw case is read once and preprocessed for every requested configuration.
 Finished cases are skipped on re-runs; a folder's cases are redone only when something that
 shapes the stored arrays changed (:data:`DATA_KEYS`: spacing, normalisation, resampling, axis
-order, labels), not when only the patch, batch or network changed (e.g. a new ``--gpu-memory``).
+order, labels, orientation), not when only the patch, batch or network changed (e.g. a new ``--gpu-memory``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from autoseg.preprocessing.roi import preprocess_roi_case
 
 log = logging.getLogger("autoseg")
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_roi_fullres")
-DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels")
+DATA_KEYS = ("spacing_mm", "normalization", "resampling", "transpose_forward", "labels", "canonical_orientation")
+DATA_KEY_DEFAULTS = {"canonical_orientation": False}  # what a stamp written before the key existed meant
 MOVE_HINT = "set AUTOSEG_PREPROCESSED to another folder"
 
 
@@ -80,7 +81,7 @@ def preprocess_dataset(name: str, plans: Plans, cases: list[CaseFiles], configur
         stamp = folder / "configuration.json"
         made_with = dict(load_json_roundtrip(config), transpose_forward=plans.transpose_forward, labels=plans.labels)
         old = load_json(stamp) if stamp.is_file() else None
-        changed = [k for k in DATA_KEYS if old.get(k) != made_with[k]] if old is not None else []
+        changed = [k for k in DATA_KEYS if old.get(k, DATA_KEY_DEFAULTS.get(k)) != made_with[k]] if old is not None else []
         if (clean or changed) and folder.is_dir():
             if changed:
                 log.warning("%s of %s changed since its cases were made: redoing them", ", ".join(changed), ident)

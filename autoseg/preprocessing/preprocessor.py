@@ -1,4 +1,5 @@
-"""Preprocess one case: crop to nonzero -> transpose -> normalise -> resample to the plan's spacing.
+"""Preprocess one case: crop to nonzero -> transpose -> normalise -> resample to the plan's spacing
+-> (plans with ``canonical_orientation``) flip the axes stored against their physical direction.
 
 The same function serves training (with a label) and inference (without); everything
 needed to undo it is returned in :class:`CaseProperties`.
@@ -24,6 +25,18 @@ def target_spacing(plans: Plans, config: ConfigurationPlan, spacing_zyx: list[fl
     if config.dim == 2:
         return [sp_t[0]] + list(config.spacing_mm)
     return list(config.spacing_mm)
+
+
+def canonical_flips(geometry: Geometry, plans: Plans, config: ConfigurationPlan) -> list[int]:
+    """Spatial axes of the preprocessed (transposed) grid to flip into canonical orientation."""
+    if not config.canonical_orientation:
+        return []
+    return sorted(plans.transpose_forward.index(a) for a in geometry.reversed_axes_zyx())
+
+
+def flip_spatial(arr: np.ndarray, axes: list[int]) -> np.ndarray:
+    """``arr`` (C, *spatial) flipped along the spatial ``axes`` (0 = first spatial axis), contiguous."""
+    return np.ascontiguousarray(np.flip(arr, [1 + a for a in axes])) if axes else arr
 
 
 def class_locations(seg: np.ndarray, labels: list[int], seed: int, n_max: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, list[list[int]]]:
@@ -62,24 +75,26 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry
     new_sp = target_spacing(plans, config, geometry.spacing_zyx)
     new_shape = compute_new_shape(data.shape[1:], spacing_t, new_sp)
     r = config.resampling
-    data = resample_image(data, new_shape, spacing_t, new_sp, r.order_data, r.order_data_z, r.anisotropy_threshold)
+    flips = canonical_flips(geometry, plans, config)
+    data = flip_spatial(resample_image(data, new_shape, spacing_t, new_sp, r.order_data, r.order_data_z, r.anisotropy_threshold), flips)
     seg_out = None
     locs: dict[str, list[list[int]]] = {}
     if seg is not None:
         definition = plans.label_definition
         seg_t = definition.to_classes(np.transpose(crop(seg, bbox), tf))
-        seg_out = resample_segmentation(seg_t, new_shape, spacing_t, new_sp, r.order_seg, r.order_seg_z, r.anisotropy_threshold)
+        seg_out = flip_spatial(resample_segmentation(seg_t, new_shape, spacing_t, new_sp, r.order_seg, r.order_seg_z,
+                                                     r.anisotropy_threshold), flips)
         locs = class_locations(seg_out, list(range(1, definition.num_classes)), seed)
     props = CaseProperties(case_id=case_id, original_geometry=geometry, bbox_zyx=bbox, shape_after_crop_zyx=shape_crop,
                            spacing_after_resampling=[float(s) for s in new_sp], shape_after_resampling=list(new_shape),
-                           class_locations=locs)
+                           class_locations=locs, flipped_axes=flips)
     return data, seg_out, props
 
 
 def onehot_previous_stage(seg: np.ndarray, props: CaseProperties, plans: Plans, config: ConfigurationPlan) -> np.ndarray:
     """A cascade's first-stage mask (Z, Y, X, label values) in the input grid -> float32 (K - 1, *preprocessed)
     one-hot of the foreground classes (label values in ascending order), mapped onto the grid of ``props``
-    exactly as the image was (crop, transpose, resample as a segmentation).
+    exactly as the image was (crop, transpose, resample as a segmentation, flip).
 
     Used both to build the cascade's training inputs and at prediction time.
     """
@@ -88,5 +103,6 @@ def onehot_previous_stage(seg: np.ndarray, props: CaseProperties, plans: Plans, 
     definition = plans.label_definition
     seg_t = definition.to_classes(np.transpose(seg[box], plans.transpose_forward)[None])
     seg_pre = resample_segmentation(seg_t, props.shape_after_resampling, plans.transposed(props.original_geometry.spacing_zyx),
-                                    props.spacing_after_resampling, r.order_seg, r.order_seg_z, r.anisotropy_threshold)[0]
+                                    props.spacing_after_resampling, r.order_seg, r.order_seg_z, r.anisotropy_threshold)
+    seg_pre = flip_spatial(seg_pre, props.flipped_axes)[0]
     return np.stack([(seg_pre == k) for k in range(1, definition.num_classes)]).astype(np.float32)

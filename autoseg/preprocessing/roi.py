@@ -123,14 +123,18 @@ def training_box(seg: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float
 
 
 def core_in_preprocessed(core: Box, stored: Box, props, transpose_forward: Sequence[int]) -> Box:
-    """The core box in the preprocessed grid of the stored box (transposed, resampled; rounded)."""
+    """The core box in the preprocessed grid of the stored box (transposed, resampled, flipped; rounded)."""
     out = []
     for ax in transpose_forward:
         off = stored[ax][0] + props.bbox_zyx[ax][0]
         scale = props.shape_after_resampling[len(out)] / max(1, props.shape_after_crop_zyx[ax])
         lo = max(0, round((core[ax][0] - off) * scale))
         hi = min(props.shape_after_resampling[len(out)], round((core[ax][1] - off) * scale))
-        out.append([int(lo), int(max(hi, lo + 1))])
+        hi = max(hi, lo + 1)
+        if len(out) in props.flipped_axes:
+            n = props.shape_after_resampling[len(out)]
+            lo, hi = n - hi, n - lo
+        out.append([int(lo), int(hi)])
     return out
 
 

@@ -39,6 +39,7 @@ from batchgenerators.transforms.utility_transforms import NumpyToTensor, RemoveL
 from autoseg.trainers.transforms import (DownsampleSegForDSTransform, FoldFirstAxisTransform, LowResolutionTransform,
                                         SpatialAugmentTransform)
 
+MAX_ROTATION_KEEPING_SIDES = 30.0  # degrees, for plans that keep left and right apart
 ANISOTROPY_THRESHOLD = 3.0  # patch max/first-axis ratio above which 3D patches get pseudo-2D augmentation
 
 
@@ -60,13 +61,15 @@ class AugmentationSettings:
     do_elastic: bool = False
 
 
-def default_augmentation_settings(patch_size: list[int]) -> AugmentationSettings:
+def default_augmentation_settings(patch_size: list[int], mirror_axes: list[int] | None = None) -> AugmentationSettings:
     """nnU-Net v2's ``configure_rotation_dummyDA_mirroring_and_inital_patch_size`` for a patch size.
 
     3D: pseudo-2D when ``max(patch) / patch[0] > 3`` (then ±180° in-plane), else ±30°.
     2D: ±15° when ``max/min > 1.5``, else ±180°. Mirroring on all axes. The initial patch uses the
     scale range (0.85, 1.25) as nnU-Net does (not the augmentation's 0.7-1.4: zoom-outs beyond
-    1/0.85 show a zero border, a deliberate cost cap).
+    1/0.85 show a zero border, a deliberate cost cap). A plan that keeps the anatomy's sides
+    (``ConfigurationPlan.mirror_axes``, CPU plans) mirrors only those axes and rotates at most
+    ±30°, as half a turn would swap left and right.
     """
     patch_size = [int(p) for p in patch_size]
     if len(patch_size) == 2:
@@ -77,6 +80,8 @@ def default_augmentation_settings(patch_size: list[int]) -> AugmentationSettings
         dummy_2d = max(patch_size) / patch_size[0] > ANISOTROPY_THRESHOLD
         rotation = 180.0 if dummy_2d else 30.0
         mirror = (0, 1, 2)
+    if mirror_axes is not None:
+        mirror, rotation = tuple(int(a) for a in mirror_axes), min(rotation, MAX_ROTATION_KEEPING_SIDES)
     initial = initial_patch_size(patch_size, rotation, (0.85, 1.25), do_dummy_2d=dummy_2d)
     return AugmentationSettings(patch_size, rotation, (0.7, 1.4), dummy_2d, mirror, initial)
 

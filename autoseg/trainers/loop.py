@@ -210,7 +210,7 @@ def make_loaders(cfg: TrainingConfig, config: ConfigurationPlan, data_folder: Pa
     ctx = dist_utils.context()
     topo = config.topology
     ds_scales = deep_supervision_scales(topo.strides, topo.n_stages - 1) if cfg.deep_supervision else None
-    aug = default_augmentation_settings(config.patch_size)
+    aug = default_augmentation_settings(config.patch_size, config.mirror_axes)
     per_rank_bs, oversample = dist_utils.rank_batch(cfg.batch_size, cfg.oversample_foreground, ctx.rank, ctx.world_size)
     seed = cfg.seed + 7919 * start_epoch  # resumed runs draw fresh patches
     train_factory = functools.partial(PatchSampler, data_folder, train_ids, config.patch_size, per_rank_bs,

@@ -139,16 +139,48 @@ def test_empty_stage_one_falls_back_to_the_whole_image(autoseg_env, tmp_path, ca
     assert read_image(tmp_path / "o" / "c.nii.gz")[1].matches(g) is None
 
 
+def _region_in_full(region, shape):
+    full = np.zeros(shape, bool)
+    full[tuple(slice(a, b) for a, b in region.box)] = region.near
+    return full
+
+
 def test_stage1_region_grows_the_kept_components_by_the_margin_in_mm():
     m = np.zeros((11, 21, 21), np.uint8)
     m[5, 10, 10] = 1                 # the organ (one voxel)
-    region = stage1_region(m, [2.5, 1.0, 1.0], 5.0)
+    region = _region_in_full(stage1_region(m, [2.5, 1.0, 1.0], 5.0), m.shape)
     assert region[5 + 2, 10, 10] and not region[5 + 3, 10, 10]      # 5 mm: 2 slices of 2.5 mm, not 3
     assert region[5, 10 + 5, 10] and not region[5, 10 + 6, 10]      # 5 voxels of 1 mm in-plane
     assert region[5, 13, 14] and not region[5, 14, 14]               # a ball: sqrt(9 + 16) = 5 in, sqrt(32) out
     big = np.zeros((6, 30, 30), np.uint8)
     big[1:4, 2:8, 2:8] = 1           # the organ, 108 voxels
     big[3, 25:27, 25:27] = 1         # a false blob of 4 voxels: not kept, so no region around it
-    region = stage1_region(big, [1.0, 1.0, 1.0], 2.0)
+    found = stage1_region(big, [1.0, 1.0, 1.0], 2.0)
+    region = _region_in_full(found, big.shape)
     assert region[1:4, 2:8, 2:8].all() and region[2, 9, 5] and not region[3, 25, 25]
-    assert not stage1_region(np.zeros((4, 4, 4), np.uint8), [1, 1, 1], 10.0).any()
+    assert found.box == roi_box(big, [1.0, 1.0, 1.0], 2.0)[0]      # the box stage 2 predicts
+    assert stage1_region(np.zeros((4, 4, 4), np.uint8), [1, 1, 1], 10.0) is None
+
+
+def test_stage2_components_mostly_outside_stage1_are_dropped_whole():
+    stage1 = np.zeros((8, 30, 30), np.uint8)
+    stage1[1:7, 5:20, 5:20] = 1                          # stage 1's organ
+    seg = stage1.copy()
+    seg[3:5, 8:11, 8:11] = 2                             # a lesion inside the organ: kept
+    seg[3:5, 17:23, 10:12] = 2                           # a lesion at the surface, 3 of 6 rows inside: kept whole
+    seg[3:5, 20:24, 14:16] = 1                           # stage 2's liver beyond the organ, touching it: joins the organ component
+    seg[2:4, 21:24, 2:5] = 2                             # a lesion beside the organ, within the margin only: dropped
+    seg[4, 20, 2:4] = 1                                  # (its ring of liver outside the organ)
+    region = stage1_region(stage1, [1.0, 1.0, 1.0], 5.0)
+    out = region.restrict(seg)
+    assert (out[3:5, 8:11, 8:11] == 2).all()
+    assert (out[3:5, 17:23, 10:12] == 2).all()           # the surface lesion, including its 3 outside rows
+    assert (out[2:4, 21:24, 2:5] == 0).all()             # the border lesion: background, not liver
+    assert (out[3:5, 20:24, 14:16] == 1).all()           # liver hanging on to the organ's component stays
+    assert out[0, 0, 0] == 0 and out.shape == seg.shape and out.dtype == seg.dtype
+    far = seg.copy()
+    far[6, 28, 28] = 2                                   # beyond the 5 mm margin: background
+    assert region.restrict(far)[6, 28, 28] == 0
+    lonely = np.zeros_like(seg)
+    lonely[3:5, 22:25, 2:5] = 1                          # a liver blob in the margin, not in the organ
+    assert not region.restrict(lonely).any()

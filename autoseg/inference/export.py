@@ -23,6 +23,7 @@ from autoseg.model.probabilities import ProbabilityInfo, write_probabilities
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.inverse import input_slices, paste, to_cropped_grid
+from autoseg.preprocessing.roi import Stage1Region
 
 
 def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
@@ -90,18 +91,18 @@ def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, co
 
 def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan, out_path: Path,
                       rules: PostprocessingRules | None = None, save_probabilities: bool = False,
-                      keep_within: np.ndarray | None = None) -> np.ndarray:
+                      stage1: Stage1Region | None = None) -> np.ndarray:
     """Write the mask for one case (and its probabilities if asked); returns the uint8 mask.
 
-    ``out_path`` is the mask's file (its ending picks the format). ``keep_within`` (bool, the
-    input grid; the two-stage model's stage-1 region) sets every label outside it to background,
+    ``out_path`` is the mask's file (its ending picks the format). ``stage1`` (the two-stage
+    model's stage-1 region) keeps only the labels stage 1 supports (:meth:`Stage1Region.restrict`),
     before the postprocessing ``rules``. Both apply to the mask only, not to saved probabilities.
     """
     out_path = Path(out_path)
     with torch.inference_mode():
         seg, full_probs = segment(probs, props, plans, config, keep_probabilities=save_probabilities)
-    if keep_within is not None:
-        seg[~keep_within] = 0
+    if stage1 is not None:
+        seg = stage1.restrict(seg)
     if rules is not None:
         seg = apply_postprocessing(seg, rules)
     write_image(seg, props.output_geometry, out_path)

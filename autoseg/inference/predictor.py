@@ -42,7 +42,7 @@ from autoseg.model.trained import TrainedModel
 from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.preprocessing.inverse import map_to_original
 from autoseg.preprocessing.preprocessor import onehot_previous_stage, preprocess_case
-from autoseg.preprocessing.roi import crop_case, roi_box, stage1_region
+from autoseg.preprocessing.roi import Stage1Region, crop_case, stage1_region
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class CasePipeline:
             # the first stage's folds are averaged plainly: --weights are for this configuration's folds
             self.first_stage = Predictor(previous, replace(options, ensemble="mean", weights=None))
         self.rules = model.postprocessing if options.postprocess else None
-        self.stage1_regions: dict[str, np.ndarray] = {}  # two-stage: where stage 2's labels may lie, per case
+        self.stage1_regions: dict[str, Stage1Region] = {}  # two-stage: where stage 2's labels may lie, per case
 
     def load(self, case: InputCase) -> _Loaded:
         data, geometry = read_input_case(case, self.model.num_image_channels)
@@ -199,11 +199,11 @@ class CasePipeline:
         else:
             assert self.options.prev_stage_dir is not None
             mask = _read_previous(Path(self.options.prev_stage_dir), case, geometry)
-        margin = float(self.model.config.roi_margin_mm or 0.0)
-        box, _ = roi_box(mask, geometry.spacing_zyx, margin)
-        if box is not None:
-            self.stage1_regions[case.case_id] = stage1_region(mask, geometry.spacing_zyx, margin)
-        if box is None:
+        region = stage1_region(mask, geometry.spacing_zyx, float(self.model.config.roi_margin_mm or 0.0))
+        if region is not None:
+            self.stage1_regions[case.case_id] = region
+            box = region.box
+        else:
             tqdm.write(f"warning: {case.case_id}: stage 1 ({self.model.config.previous_stage}) found no foreground; "
                        f"stage 2 predicts the whole image", file=sys.stderr)
             box = [[0, int(n)] for n in geometry.shape_zyx]
@@ -228,7 +228,7 @@ class CasePipeline:
         """Write the mask (and probabilities / uncertainty maps) of one predicted case."""
         m, cid = self.model, case.case_id
         seg = export_prediction(probs, props, m.plans, m.config, self.out_dir / case.output_name, self.rules,
-                                self.options.save_probabilities, keep_within=self.stage1_regions.pop(cid, None))
+                                self.options.save_probabilities, stage1=self.stage1_regions.pop(cid, None))
         if collector is None:
             return
         assert collector.variance is not None and collector.valid is not None and collector.pass_volumes_vox is not None

@@ -184,3 +184,16 @@ def test_stage2_components_mostly_outside_stage1_are_dropped_whole():
     lonely = np.zeros_like(seg)
     lonely[3:5, 22:25, 2:5] = 1                          # a liver blob in the margin, not in the organ
     assert not region.restrict(lonely).any()
+
+
+def test_an_under_segmenting_stage1_never_removes_the_organ():
+    stage1 = np.zeros((10, 30, 30), np.uint8)
+    stage1[4:6, 10:14, 10:14] = 1                        # stage 1 found a small part of the organ
+    seg = np.zeros_like(stage1)
+    seg[1:9, 4:24, 4:24] = 1                             # stage 2's organ: 3200 voxels, 32 of them in stage 1's
+    seg[4, 11, 11] = 2                                   # a lesion inside stage 1's part: kept
+    seg[2, 5, 5] = 2                                     # one outside it: dropped (background)
+    out = stage1_region(stage1, [1.0, 1.0, 1.0], 8.0).restrict(seg)
+    near = _region_in_full(stage1_region(stage1, [1.0, 1.0, 1.0], 8.0), seg.shape)
+    assert (out[near & (seg == 1)] == 1).all() and not out[~near].any()  # the organ stays within the margin
+    assert out[4, 11, 11] == 2 and out[2, 5, 5] == 0

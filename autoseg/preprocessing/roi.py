@@ -40,14 +40,27 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def foreground_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
-    """``mask`` with connected components smaller than ``min_fraction`` of the largest removed."""
-    labelled, n = _components(mask > 0)
-    if n <= 1:
-        return labelled > 0
-    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
+    """``mask`` (bool) with connected components smaller than ``min_fraction`` of the largest removed.
+
+    Labelled inside the foreground's box and counted slab by slab: on a 512 x 512 x 300 CT a whole
+    volume's labels and their int64 counts took 1 GB more than the box does."""
+    fg = mask > 0
+    out = np.zeros(fg.shape, dtype=bool)
+    box = mask_box(fg)
+    if box is None:
+        return out
+    inner = out[tuple(slice(a, b) for a, b in box)]  # a view: writing it writes ``out``
+    labelled, n = _components(fg[tuple(slice(a, b) for a, b in box)])
+    del fg
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for plane in labelled:
+        sizes += np.bincount(plane.ravel(), minlength=n + 1)
     sizes[0] = 0
-    keep = np.flatnonzero(sizes >= min_fraction * sizes.max())
-    return np.isin(labelled, keep)
+    keep = sizes >= min_fraction * sizes.max()
+    keep[0] = False
+    for z, plane in enumerate(labelled):
+        inner[z] = keep[plane]
+    return out
 
 
 @dataclass
@@ -98,13 +111,18 @@ def drop_unsupported(seg: np.ndarray, organ: np.ndarray, min_inside: float = MIN
     stage 2's lesion calls that mostly hang outside it sit on the organ's border (on the synthetic
     ``medium`` test cases, every false lesion of a 10-minute stage 2 outside the reference liver,
     docs/benchmarks.md). Whole components are judged, so a lesion at the organ's surface that
-    stage 1 clipped is kept whole."""
+    stage 1 clipped is kept whole; and each label's component holding the most of ``organ`` is
+    always kept, so a stage 1 that under-segments (a 3-minute one found 37 % of a large CT's liver)
+    cannot remove the organ itself."""
     out = seg.copy()
     for label in np.unique(seg[seg > 0]):
         labelled, n = _components(seg == label)
         size = np.bincount(labelled.ravel(), minlength=n + 1)
         inside = np.bincount(labelled[organ], minlength=n + 1)
+        inside[0] = 0
         unsupported = np.flatnonzero(inside < min_inside * size)
+        if inside.max() > 0:  # the label's best-supported component always stays (see above)
+            unsupported = unsupported[unsupported != np.argmax(inside)]
         out[np.isin(labelled, unsupported[unsupported > 0])] = 0
     return out
 

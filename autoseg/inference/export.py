@@ -65,18 +65,6 @@ def segment(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: Co
     return paste(labels, props, 0, np.uint8), full_probs
 
 
-def foreground(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan) -> np.ndarray:
-    """(K, *preprocessed) probabilities -> bool (Z, Y, X) foreground in the input grid: where the
-    background probability, resampled like any class, is below one half (the union of all foreground
-    classes is more likely than background; for two classes the same as :func:`segment`'s argmax).
-    One channel goes to the input grid instead of every class: the two-stage model's stage 1 on a
-    512 x 512 x 300 CT needs a third of the memory. Region-based plans: any region painted."""
-    if plans.label_definition.has_regions:
-        return segment_regions(probs, props, plans, config)[0] > 0
-    background = to_cropped_grid(probs[0:1], props, plans, config)
-    return paste(background < 0.5, props, False, np.bool_)
-
-
 def segment_regions(probs: torch.Tensor, props: CaseProperties, plans: Plans, config: ConfigurationPlan,
                     keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(R, *preprocessed) region probabilities -> uint8 labels in the input grid by nnU-Net's rule:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
-from autoseg.inference.export import export_prediction, foreground, segment
+from autoseg.inference.export import export_prediction, segment
 from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.runtimes import load_networks
 from autoseg.inference.sliding_window import (CPU_WINDOW_BATCH, MAX_FORWARD_VOXELS, SlidingWindowSettings,
@@ -125,16 +125,11 @@ class Predictor:
         return predict_sliding_window(self.networks, data, self.model.num_classes, self.settings, collector)
 
     def segment(self, data: np.ndarray, props: CaseProperties) -> np.ndarray:
-        """uint8 mask in the input grid (no postprocessing): the cascade's first stage."""
+        """uint8 mask in the input grid (no postprocessing): the cascade's and the two-stage model's first stage."""
         probs = self.probabilities(data)
         with torch.inference_mode():
             return segment(probs, props, self.model.plans, self.model.config)[0]
 
-    def foreground(self, data: np.ndarray, props: CaseProperties) -> np.ndarray:
-        """bool foreground in the input grid (:func:`export.foreground`): the two-stage model's stage 1."""
-        probs = self.probabilities(data)
-        with torch.inference_mode():
-            return foreground(probs, props, self.model.plans, self.model.config)
 
 
 def _read_previous(folder: Path, case: InputCase, geometry: Geometry) -> np.ndarray:
@@ -201,7 +196,7 @@ class CasePipeline:
     def load_roi(self, case: InputCase, data: np.ndarray, geometry: Geometry) -> _Loaded:
         """Two-stage: stage 1 (or ``--prev-stage-predictions``) finds the foreground, stage 2 gets its box."""
         if self.first_stage is not None:
-            mask = self.first_stage.foreground(*self.first_stage.preprocess(data, geometry, case.case_id))
+            mask = self.first_stage.segment(*self.first_stage.preprocess(data, geometry, case.case_id))
         else:
             assert self.options.prev_stage_dir is not None
             mask = _read_previous(Path(self.options.prev_stage_dir), case, geometry)

@@ -193,7 +193,7 @@ def test_an_under_segmenting_stage1_never_removes_the_organ():
     seg[1:9, 4:24, 4:24] = 1                             # stage 2's organ: 3200 voxels, 32 of them in stage 1's
     seg[4, 11, 11] = 2                                   # a lesion inside stage 1's part: kept
     seg[2, 5, 5] = 2                                     # one outside it: dropped (background)
-    out = stage1_region(stage1, [1.0, 1.0, 1.0], 8.0).restrict(seg)
-    near = _region_in_full(stage1_region(stage1, [1.0, 1.0, 1.0], 8.0), seg.shape)
+    region = stage1_region(stage1, [1.0, 1.0, 1.0], 8.0)
+    out, near = region.restrict(seg), _region_in_full(region, seg.shape)
     assert (out[near & (seg == 1)] == 1).all() and not out[~near].any()  # the organ stays within the margin
     assert out[4, 11, 11] == 2 and out[2, 5, 5] == 0

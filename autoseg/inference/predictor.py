@@ -131,7 +131,6 @@ class Predictor:
             return segment(probs, props, self.model.plans, self.model.config)[0]
 
 
-
 def _read_previous(folder: Path, case: InputCase, geometry: Geometry) -> np.ndarray:
     for suffix in (case.output_name[len(case.case_id):],) + IMAGE_SUFFIXES:
         p = folder / f"{case.case_id}{suffix}"

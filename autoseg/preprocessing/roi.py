@@ -49,8 +49,9 @@ def foreground_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_
     box = mask_box(fg)
     if box is None:
         return out
-    inner = out[tuple(slice(a, b) for a, b in box)]  # a view: writing it writes ``out``
-    labelled, n = _components(fg[tuple(slice(a, b) for a, b in box)])
+    sl = tuple(slice(a, b) for a, b in box)
+    inner = out[sl]  # a view: writing it writes ``out``
+    labelled, n = _components(fg[sl])
     del fg
     sizes = np.zeros(n + 1, dtype=np.int64)
     for plane in labelled:
@@ -76,8 +77,7 @@ class Stage1Region:
 
     def restrict(self, seg: np.ndarray) -> np.ndarray:
         """``seg`` (input grid) with stage 2's labels kept only where stage 1 supports them:
-        background outside ``near``, and every connected component of each label of which less
-        than ``MIN_INSIDE_FRACTION`` lies in ``organ`` set to background (:func:`drop_unsupported`)."""
+        background outside ``near``, then :func:`drop_unsupported` against ``organ``."""
         sl = tuple(slice(a, b) for a, b in self.box)
         inner = np.where(self.near, seg[sl], 0).astype(seg.dtype)
         out = np.zeros_like(seg)

@@ -37,87 +37,21 @@ import argparse
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpu_common import (CASE_SPACING_ZYX, DATASET, LABELS, NNUNET_SPEED_RATIO, REPO, TARGET_PREDICT_S, Row,  # noqa: E402
+                         Setup, _peak_gb, _reset_peak, _sync, make_setup, train_iterations_per_s)
+from _gpu_memory_ddp import check_ddp, check_oom_fallback, oom_child  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-LABELS = {"background": 0, "liver": 1, "tumor": 2}
-DATASET = "Dataset901_GpuCheck"
-CASE_SPACING_ZYX = (1.0, 0.7, 0.7)
-TARGET_PREDICT_S = 20.0
-NNUNET_SPEED_RATIO = 0.97  # autoseg it/s at least this fraction of nnU-Net's counts as met (timing noise)
-
-
-@dataclass
-class Row:
-    check: str
-    result: str
-    goal: str = ""
-    status: str = "ok"  # ok, MISS, FAIL, skip, info
-
-
-@dataclass
-class Setup:
-    """What every check uses: the device, the plan and the sizes (tiny ones for --cpu-smoke)."""
-
-    device: torch.device
-    smoke: bool
-    cfg: object  # ConfigurationPlan
-    case_shape: tuple[int, int, int]  # the synthetic CT, z y x
-    oom_shape: tuple[int, int, int]  # the OOM check's (already preprocessed) volume
-    train_seconds: float
-    warmup: int
-
-
-def lits_plan(smoke: bool):
-    """The 3d_fullres configuration the planner gives a LiTS-sized dataset (tiny for --cpu-smoke)."""
-    from autoseg.planners.planner import plan_configuration
-    from autoseg.planners.plans import ChannelNormalization
-
-    norm = [ChannelNormalization("ct", mean=99.0, std=39.0, lower=-17.0, upper=201.0)]
-    median = [16, 32, 32] if smoke else [432, 512, 512]
-    cfg = plan_configuration("3d_fullres", [1.0, 0.77, 0.77], median, float(np.prod(median)) * 131, len(LABELS), 8.0,
-                             norm, "gpu_check_3d_fullres", True)
-    if smoke:
-        cfg.topology.features_per_stage = [max(2, f // 8) for f in cfg.topology.features_per_stage]
-        cfg.batch_size = 2
-    return cfg
-
-
-def make_setup(a: argparse.Namespace) -> Setup:
-    smoke = a.cpu_smoke
-    if smoke:
-        torch.set_num_threads(1)  # tiny tensors: more threads only contend (and the smoke run's processes run side by side)
-    return Setup(device=torch.device("cpu" if smoke else "cuda"), smoke=smoke, cfg=lits_plan(smoke),
-                 case_shape=(16, 40, 40) if smoke else (300, 512, 512),
-                 oom_shape=(24, 48, 48) if smoke else (600, 512, 512),
-                 train_seconds=0.2 if smoke else a.train_seconds, warmup=1 if smoke else 10)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gb(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else 0.0
 
 
 # -- 0. the machine ------------------------------------------------------------------------------
@@ -151,71 +85,6 @@ def _nnunet_network(topo, in_ch: int, num_classes: int):
                          topo.n_conv_per_stage_encoder, num_classes, topo.n_conv_per_stage_decoder, conv_bias=True,
                          norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                          nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
-
-
-def synthetic_batch(batch: int, patch, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random image and a target with a liver-like box and a tumour inside, on ``device``."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 1, *patch, generator=g)
-    y = torch.zeros(batch, 1, *patch, dtype=torch.long)
-    lo, hi = [p // 4 for p in patch], [3 * p // 4 for p in patch]
-    y[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
-    y[:, :, patch[0] // 2 - 4:patch[0] // 2 + 4, patch[1] // 2 - 4:patch[1] // 2 + 4, patch[2] // 2 - 4:patch[2] // 2 + 4] = 2
-    return x.to(device), y.to(device)
-
-
-def train_iterations_per_s(net: torch.nn.Module, s: Setup, dev: torch.device, batch: int, seconds: float,
-                           warmup: int) -> tuple[float, float, float]:
-    """(it/s, peak GPU GB, last loss) of autoseg's training step (AMP, deep supervision, Dice+CE, SGD, clipping).
-
-    Under a process group the batch-Dice counts are gathered over the ranks, as ``autoseg train`` does.
-    """
-    from autoseg.networks.precision import amp_dtype, autocast, enable_cudnn_benchmark, make_grad_scaler
-    from autoseg.trainers.augmentation import deep_supervision_scales
-    from autoseg.trainers.losses import build_loss, downsample_targets
-
-    cfg = s.cfg
-    enable_cudnn_benchmark(dev)
-    dtype = amp_dtype(dev.type, "auto" if not s.smoke else "off")
-    scaler = make_grad_scaler(dev.type, dtype)
-    n_heads = cfg.topology.n_stages - 1
-    loss_fn = build_loss("dice_ce", len(LABELS), cfg.batch_dice, None, n_heads)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    x, y = synthetic_batch(batch, cfg.patch_size, dev)
-    targets = downsample_targets(y, deep_supervision_scales(cfg.topology.strides, n_heads))
-    net.train()
-
-    def step() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        with autocast(dev.type, dtype):
-            out = net(x)
-        loss = loss_fn([o.float() for o in out], targets)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            opt.step()
-        return loss
-
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    _reset_peak(dev)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        loss = step()
-        n += 1
-        if n % 5 == 0 or s.smoke:
-            _sync(dev)
-            if time.perf_counter() - t0 >= seconds:
-                break
-    _sync(dev)
-    return n / (time.perf_counter() - t0), _peak_gb(dev), float(loss.detach())
 
 
 def check_training(s: Setup, a: argparse.Namespace) -> list[Row]:
@@ -337,149 +206,6 @@ def check_prediction(s: Setup, a: argparse.Namespace) -> list[Row]:
         rows.append(Row("predict: 'autoseg predict' command", f"{t_cli:.1f} s wall (fresh process: imports, CUDA, model load)"
                         + ("" if ok else f"; exit {r.returncode}: {r.stderr.strip()[-300:]}"), f"< {TARGET_PREDICT_S:.0f} s", status))
     return rows
-
-
-# -- 3. out-of-memory fallback (child process: the memory cap stays there) ----------------------
-
-class _OomOnce(torch.nn.Module):
-    """--cpu-smoke only: raises the out-of-memory error once (a CPU cannot be capped)."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner, self.fired = inner, False
-
-    def forward(self, x):
-        if not self.fired:
-            self.fired = True
-            from autoseg.inference.sliding_window import out_of_memory_error
-            raise out_of_memory_error()("CUDA out of memory (simulated by --cpu-smoke)")
-        return self.inner(x)
-
-
-def oom_child(a: argparse.Namespace) -> int:
-    """Predict freely, then under a memory cap; print one JSON line with what happened."""
-    import autoseg.inference.sliding_window as sw
-    from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window
-    from autoseg.networks.builder import build_network
-    from autoseg.networks.precision import amp_dtype, autocast, enable_cudnn_benchmark
-
-    s = make_setup(a)
-    cfg, dev = s.cfg, s.device
-    torch.manual_seed(0)
-    net = build_network("unet", cfg.topology, 1, len(LABELS), deep_supervision=False).to(dev).eval()
-    settings = SlidingWindowSettings(patch_size=cfg.patch_size, step=1.0, mirror=False, device=str(dev),
-                                     amp="off" if s.smoke else "auto")
-    data = torch.randn(1, *s.oom_shape)
-    acc_bytes = 4 * len(LABELS) * int(np.prod(s.oom_shape))
-    enable_cudnn_benchmark(dev)
-    ref = predict_sliding_window([net], data, len(LABELS), settings)  # free run; cuDNN has tuned its algorithms after it
-    with torch.inference_mode(), autocast(dev.type, amp_dtype(dev.type, settings.amp)):  # one forward's peak, weights included
-        x = torch.zeros(1, 1, *cfg.patch_size, device=dev)
-        _sync(dev)
-        _reset_peak(dev)
-        net(x)
-        _sync(dev)
-    fwd_peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
-    del x
-    messages: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logging.getLogger(sw.__name__).addHandler(Grab())
-    cap_gb = float("nan")
-    if dev.type == "cuda":
-        total = torch.cuda.get_device_properties(dev).total_memory
-        cap = int(1.15 * fwd_peak) + acc_bytes // 2  # the accumulator plus a forward cannot fit, a forward alone can
-        cap_gb = cap / 1024**3
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        nets = [net]
-    else:
-        sw.accumulator_devices = lambda d: [d, torch.device("cpu")]
-        nets = [_OomOnce(net)]
-    t0 = time.perf_counter()
-    out = predict_sliding_window(nets, data, len(LABELS), settings)
-    seconds = time.perf_counter() - t0
-    result = {
-        "fell_back": any("CPU memory" in m for m in messages),
-        "max_abs_diff": float((out.float() - ref.float()).abs().max()),
-        "argmax_agreement": float((out.argmax(0) == ref.argmax(0)).float().mean()),
-        "seconds": seconds,
-        "cap_gb": cap_gb,
-        "forward_peak_gb": fwd_peak / 1024**3,
-        "accumulator_gb": acc_bytes / 1024**3,
-        "peak_under_cap_gb": _peak_gb(dev),
-    }
-    print("OOM_CHILD " + json.dumps(result))
-    return 0
-
-
-def check_oom_fallback(s: Setup, a: argparse.Namespace) -> list[Row]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--oom-child"] + (["--cpu-smoke"] if s.smoke else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, a.budget_s), env=dict(os.environ, PYTHONPATH=str(REPO)))
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("OOM_CHILD ")), None)
-    if r.returncode != 0 or line is None:
-        return [Row("OOM fallback (memory cap)", f"child exit {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}", status="FAIL")]
-    res = json.loads(line.split(" ", 1)[1])
-    same = res["max_abs_diff"] < 1e-2 and res["argmax_agreement"] > 0.999
-    ok = res["fell_back"] and same
-    text = (f"{list(s.oom_shape)} under a {res['cap_gb']:.2f} GB cap (1.15 x forward {res['forward_peak_gb']:.2f} GB + half the "
-            f"{res['accumulator_gb']:.2f} GB accumulator): fell back {res['fell_back']}, {res['seconds']:.1f} s, "
-            f"peak {res['peak_under_cap_gb']:.2f} GB, max |dp| {res['max_abs_diff']:.1e}, argmax agree {res['argmax_agreement']:.4f}")
-    return [Row("OOM fallback (memory cap)", text, "falls back, same result", "ok" if ok else "FAIL")]
-
-
-# -- 4. DDP, 2 processes -------------------------------------------------------------------------
-
-def _ddp_worker(rank: int, world: int, port: int, a: argparse.Namespace, out_file: str) -> None:
-    import torch.distributed as dist
-
-    from autoseg.networks.builder import build_network
-    from autoseg.trainers import distributed as dist_utils
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    s = make_setup(a)
-    ctx = dist_utils.context(s.device.type)
-    dev = torch.device("cuda", ctx.local_rank) if s.device.type == "cuda" else s.device
-    try:
-        torch.manual_seed(ctx.rank)  # different initial weights: DDP must broadcast rank 0's
-        net = build_network("unet", s.cfg.topology, 1, len(LABELS), deep_supervision=True).to(dev)
-        model = dist_utils.wrap(net, dev)
-        batch, _ = dist_utils.rank_batch(s.cfg.batch_size, 0.33, ctx.rank, ctx.world_size)
-        it_s, peak, loss = train_iterations_per_s(model, s, dev, batch, s.train_seconds, s.warmup)
-        flat = torch.cat([p.detach().float().reshape(-1) for p in net.parameters()])
-        gathered = [torch.empty_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat)
-        same = all(torch.equal(gathered[0], g) for g in gathered[1:])
-        if ctx.is_main:
-            Path(out_file).write_text(json.dumps({"it_s": it_s, "peak_gb": peak, "identical": same, "batch_per_rank": batch,
-                                                  "backend": dist.get_backend(), "loss": loss}))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def check_ddp(s: Setup, a: argparse.Namespace) -> list[Row]:
-    import torch.multiprocessing as mp
-
-    if not s.smoke and torch.cuda.device_count() < 2:
-        return [Row("DDP 2 processes", f"skipped: {torch.cuda.device_count()} GPU visible", status="skip")]
-    with tempfile.TemporaryDirectory(prefix="autoseg_gpu_check_ddp_") as tmp:
-        out = Path(tmp) / "rank0.json"
-        mp.spawn(_ddp_worker, args=(2, _free_port(), a, str(out)), nprocs=2, join=True)
-        res = json.loads(out.read_text())
-    text = (f"{res['backend']}, {res['batch_per_rank']} patch per rank: {res['it_s']:.2f} it/s, peak {res['peak_gb']:.1f} GB "
-            f"per GPU, weights identical on both ranks: {res['identical']}")
-    return [Row("DDP 2 processes", text, "identical weights", "ok" if res["identical"] else "FAIL")]
 
 
 # -- the table -----------------------------------------------------------------------------------

@@ -67,3 +67,52 @@ def test_determine_rejects_lcc_of_a_real_second_component_but_keeps_tumour_lcc(t
     assert rules.keep_largest_foreground is False
     assert rules.keep_largest_for_labels == [2]
     assert load_rules(pred_dir / "postprocessing.json").keep_largest_for_labels == [2]
+
+
+def test_minimum_volume_removes_small_components_in_mm3():
+    seg = _liver_with_two_lesions()          # two 2x3x3 lesions: 18 voxels, 36 mm³ at 2 x 1 x 1 mm
+    seg[3, 7, 12] = 2                        # a one-voxel false lesion: 2 mm³
+    rules = PostprocessingRules(min_volume_mm3={"2": 18.0})
+    out = apply_postprocessing(seg, rules, voxel_mm3=2.0)
+    assert out[3, 7, 12] == 0 and np.count_nonzero(out == 2) == 36   # to background; both lesions stay
+    assert np.count_nonzero(apply_postprocessing(seg, rules, voxel_mm3=0.5) == 2) == 0  # mm³, not voxels: 18 x 0.5 = 9 mm³ lesions go
+    with pytest.raises(ValueError, match="voxel volume"):
+        apply_postprocessing(seg, rules)
+
+
+def _lesion_case(ref_dir, pred_dir, name, pred_edit):
+    ref = _liver_with_two_lesions()
+    pred = ref.copy()
+    pred_edit(pred)
+    _write(ref, ref_dir / f"{name}.nii.gz")
+    _write(pred, pred_dir / f"{name}.nii.gz")
+
+
+def test_determine_keeps_a_minimum_lesion_volume_that_drops_only_false_lesions(tmp_path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+
+    def specks(pred):
+        pred[3, 7, 12] = 2                   # one-voxel false lesions inside the liver
+        pred[1, 12, 4] = 2
+
+    for i in range(2):
+        _lesion_case(ref_dir, pred_dir, f"c{i}", specks)
+    rules = determine_postprocessing(ref_dir, pred_dir, [1, 2])
+    assert rules.keep_largest_for_labels == []          # two true lesions per case: no tumour LCC
+    assert rules.min_volume_mm3 == {"2": pytest.approx(18.0)}   # half the smallest reference lesion (36 mm³)
+    assert "1" not in rules.min_volume_mm3               # the liver is one component: nothing to gain
+    assert load_rules(pred_dir / "postprocessing.json").min_volume_mm3 == rules.min_volume_mm3
+
+
+def test_determine_rejects_a_minimum_volume_that_loses_a_true_lesion(tmp_path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+
+    def one_voxel_hit_and_a_speck(pred):
+        pred[2:4, 3:6, 3:6] = 1              # lesion 1 found by a single voxel only
+        pred[2, 4, 4] = 2
+        pred[3, 7, 12] = 2                   # and a one-voxel false lesion
+
+    _lesion_case(ref_dir, pred_dir, "c0", one_voxel_hit_and_a_speck)
+    rules = determine_postprocessing(ref_dir, pred_dir, [1, 2])
+    assert rules.min_volume_mm3 == {}                    # every candidate would drop the true lesion's only hit
+    assert any(k.startswith("label_2_min_volume_") for k in rules.evidence)

@@ -122,8 +122,7 @@ def find_best_configuration(dataset: str | None, folds: list[int] | None = None,
                                mean_foreground_dice=best.mean_foreground_dice, postprocessing=str(rules_target),
                                postprocessing_rules={"keep_largest_foreground": rules.keep_largest_foreground,
                                                      "keep_largest_for_labels": rules.keep_largest_for_labels,
-                                                     "keep_largest_for_regions": rules.keep_largest_for_regions,
-                                                     "min_volume_mm3": rules.min_volume_mm3},
+                                                     "keep_largest_for_regions": rules.keep_largest_for_regions},
                                ranking=ranking, predict_command=cmd)
     save_json(result, paths.results_dataset_dir(name) / paths.BEST_CONFIGURATION_FILE)
     return result

@@ -12,11 +12,6 @@ The edge case that bites: a liver tumour label usually has *several* true lesion
 per-label LCC on the tumour label deletes real lesions; the decision rule rejects it on data
 where that happens. Voxels removed by either step become background (0), as in nnU-Net,
 not the surrounding label.
-
-Last (label-based datasets), per label: a minimum component volume, tried at
-:data:`MIN_VOLUME_FRACTIONS` of the smallest component of that label in the references, largest
-first. Kept when the Dice rule above holds *and* no reference component loses its last touching
-prediction (lesion recall stays): small false lesions go, small true ones stay. Not in nnU-Net.
 """
 
 from __future__ import annotations
@@ -30,8 +25,8 @@ from tqdm import tqdm
 from autoseg.evaluation.evaluate import list_label_files, map_cases, match_cases
 from autoseg.evaluation.metrics import Region, as_region, confusion_matrix, region_counts, region_key
 from autoseg.io.images import read_image, write_image
-from autoseg.model.postprocessing import (PostprocessingRules, apply_postprocessing, connected_components,
-                                          keep_largest_foreground, keep_largest_of_label, save_rules, voxel_volume_mm3)
+from autoseg.model.postprocessing import (PostprocessingRules, apply_postprocessing, keep_largest_foreground,
+                                          keep_largest_of_label, save_rules)
 from autoseg.overlap import dice_from_counts
 from autoseg.paths import POSTPROCESSING_FILE
 
@@ -42,19 +37,18 @@ def _dice_counts(ref: np.ndarray, pred: np.ndarray, labels: Sequence[Region]) ->
     return np.array([region_counts(cm, label)[:3] for label in labels], dtype=np.int64)
 
 
-def _read_pair(ref_path: Path, pred_path: Path, ignore: int | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Reference, prediction (the ignore label's voxels background in both) and the voxel volume in mm³."""
+def _read_pair(ref_path: Path, pred_path: Path, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
     ref, _ = read_image(ref_path, dtype=np.int16)
-    pred, geometry = read_image(pred_path, dtype=np.int16)
+    pred, _ = read_image(pred_path, dtype=np.int16)
     if ignore is not None:  # not counted: background in both
         ignored = ref == ignore
         ref[ignored], pred[ignored] = 0, 0
-    return ref, pred, voxel_volume_mm3(geometry.spacing_zyx)
+    return ref, pred
 
 
 def _trial_counts(ref_path: Path, pred_path: Path, labels: list[Region], ignore: int | None = None) -> dict[str, np.ndarray]:
     """Counts for: the raw prediction, foreground LCC, and per-label (region) LCC on top of each."""
-    ref, pred, _ = _read_pair(ref_path, pred_path, ignore)
+    ref, pred = _read_pair(ref_path, pred_path, ignore)
     fg = keep_largest_foreground(pred)
     out = {"base": _dice_counts(ref, pred, labels), "fg": _dice_counts(ref, fg, labels)}
     for start_name, start in (("base", pred), ("fg", fg)):
@@ -72,60 +66,8 @@ def _region_trial_star(args: tuple) -> np.ndarray:
     """(units, 3) counts of every unit after ``rules`` and then the LCC of ``region`` (regions overlap,
     so one region's LCC changes the others' Dice: each trial is scored on everything)."""
     ref_path, pred_path, units, ignore, rules, region = args
-    ref, pred, voxel_mm3 = _read_pair(ref_path, pred_path, ignore)
-    return _dice_counts(ref, keep_largest_of_label(apply_postprocessing(pred, rules, voxel_mm3), list(region)), units)
-
-
-MIN_VOLUME_FRACTIONS = (0.5, 0.25, 0.1)  # of the smallest reference component: the candidates, largest first
-
-
-def _smallest_reference_mm3(args: tuple) -> float:
-    """mm³ of the smallest 26-connected component of ``label`` in one reference (inf: none)."""
-    ref_path, label = args
-    ref, geometry = read_image(ref_path, dtype=np.int16)
-    labelled, n = connected_components(ref == label)
-    if not n:
-        return float("inf")
-    return float(np.bincount(labelled.ravel())[1:].min()) * voxel_volume_mm3(geometry.spacing_zyx)
-
-
-def _min_volume_trial(args: tuple) -> tuple[np.ndarray, int]:
-    """(units, 3) counts and the reference components of ``label`` still touched by a prediction,
-    after ``rules`` (which may hold a minimum volume)."""
-    ref_path, pred_path, units, ignore, rules, label = args
-    ref, pred, voxel_mm3 = _read_pair(ref_path, pred_path, ignore)
-    out = apply_postprocessing(pred, rules, voxel_mm3)
-    labelled, _ = connected_components(ref == label)
-    found = len(np.unique(labelled[(out == label) & (labelled > 0)]))
-    return _dice_counts(ref, out, units), found
-
-
-def _decide_min_volumes(jobs: list[tuple], units: list, rules: PostprocessingRules, num_workers: int) -> None:
-    """For each label (not region), the largest candidate minimum volume that raises the mean Dice,
-    lowers no label's, and loses no reference component (lesion recall); recorded in ``rules``."""
-    for label in [u[0] for u in units]:
-        smallest = min(map_cases(_smallest_reference_mm3, [(job[0], label) for job in jobs], num_workers,
-                                 f"smallest reference component of {label}"))
-        if not np.isfinite(smallest):
-            continue
-
-        def trial(mm3: float | None) -> tuple[np.ndarray, int]:
-            trial_rules = PostprocessingRules(**{**rules.__dict__, "min_volume_mm3": {
-                **rules.min_volume_mm3, **({} if mm3 is None else {str(label): mm3})}})
-            res = map_cases(_min_volume_trial, [job[:4] + (trial_rules, label) for job in jobs], num_workers,
-                            f"postprocessing min volume {label}")
-            return mean_dice(np.stack([r[0] for r in res])), sum(r[1] for r in res)
-
-        before, found_before = trial(None)
-        for fraction in MIN_VOLUME_FRACTIONS:
-            mm3 = round(fraction * smallest, 3)
-            after, found_after = trial(mm3)
-            rules.evidence[f"label_{label}_min_volume_{mm3:g}mm3"] = {
-                "before": {region_key(u): float(v) for u, v in zip(units, before)},
-                "after": {region_key(u): float(v) for u, v in zip(units, after)}}
-            if found_after >= found_before and _improves(before, after):
-                rules.min_volume_mm3[str(label)] = mm3
-                break
+    ref, pred = _read_pair(ref_path, pred_path, ignore)
+    return _dice_counts(ref, keep_largest_of_label(apply_postprocessing(pred, rules), list(region)), units)
 
 
 def mean_dice(counts: np.ndarray) -> np.ndarray:
@@ -199,14 +141,12 @@ def determine_postprocessing(ref_dir: Path | str, pred_dir: Path | str, labels: 
                 rules.keep_largest_for_regions.append(list(unit))
             current_counts = trial_counts
 
-    if all(len(u) == 1 for u in units):
-        _decide_min_volumes(jobs, units, rules, num_workers)
     target = Path(rules_json) if rules_json is not None else Path(out_dir or pred_dir) / POSTPROCESSING_FILE
     save_rules(rules, target)
     if out_dir is not None:
         for case in tqdm(cases, desc="apply postprocessing", unit="case"):
             seg, geometry = read_image(pred_files[case], dtype=np.int16)
             fits_uint8 = seg.min(initial=0) >= 0 and seg.max(initial=0) < 256
-            out = apply_postprocessing(seg, rules, voxel_volume_mm3(geometry.spacing_zyx)).astype(np.uint8 if fits_uint8 else np.int16)
+            out = apply_postprocessing(seg, rules).astype(np.uint8 if fits_uint8 else np.int16)
             write_image(out, geometry, Path(out_dir) / pred_files[case].name)
     return rules

@@ -28,7 +28,7 @@ from autoseg.inference.predictor import UNCERTAINTY_DIR, PredictOptions, Predict
 from autoseg.inference.sliding_window import normalized_weights
 from autoseg.io.images import IMAGE_SUFFIXES, write_image
 from autoseg.io.json_io import check_writable, remove_stale_temps
-from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules, voxel_volume_mm3
+from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, load_rules
 from autoseg.model.probabilities import (ProbabilityInfo, cases_with_probabilities, combine_saved, load_probabilities,
                                          write_probabilities)
 from autoseg.model.selection import ensemble_rules_file
@@ -84,7 +84,7 @@ def ensemble_folders(inputs: Sequence[Path | str], out_dir: Path | str, weights:
                 continue
             seg = combine_saved(probs, w, info)
             if rules is not None:
-                seg = apply_postprocessing(seg, rules, voxel_volume_mm3(info.geometry.spacing_zyx))
+                seg = apply_postprocessing(seg, rules)
             write_image(seg, info.geometry, out_path)
             if save_probabilities:
                 mixed = np.zeros(probs[0].shape, dtype=np.float16)

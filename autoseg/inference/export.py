@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from autoseg.io.images import write_image
-from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing, voxel_volume_mm3
+from autoseg.model.postprocessing import PostprocessingRules, apply_postprocessing
 from autoseg.model.probabilities import ProbabilityInfo, write_probabilities
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case_store import CaseProperties
@@ -104,7 +104,7 @@ def export_prediction(probs: torch.Tensor, props: CaseProperties, plans: Plans, 
     if stage1 is not None:
         seg = stage1.restrict(seg)
     if rules is not None:
-        seg = apply_postprocessing(seg, rules, voxel_volume_mm3(props.output_geometry.spacing_zyx))
+        seg = apply_postprocessing(seg, rules)
     write_image(seg, props.output_geometry, out_path)
     if full_probs is not None:
         info = ProbabilityInfo(case_id=props.case_id, labels=dict(plans.labels), geometry=props.output_geometry,

@@ -5,8 +5,7 @@ cross-validation predictions, applied by ``predict`` and ``ensemble`` to every m
 connected component of all foreground together, for which labels to keep only that
 label's largest component, and (region-based datasets) for which regions -- several label
 values together, e.g. liver incl. tumour ``[1, 2]`` -- to keep only the region's largest
-component, and (``min_volume_mm3``) which labels lose their connected components smaller than a
-volume in mm³ (small false lesions). Components are 26-connected (8 in 2D). Voxels removed by any
+component. Components are 26-connected (8 in 2D). Voxels removed by either
 step become background (0), as in nnU-Net, not the surrounding label.
 """
 
@@ -32,7 +31,6 @@ class PostprocessingRules:
     keep_largest_foreground: bool = False
     keep_largest_for_labels: list[int] = field(default_factory=list)
     keep_largest_for_regions: list[list[int]] = field(default_factory=list)
-    min_volume_mm3: dict[str, float] = field(default_factory=dict)  # label value -> smallest component kept
     evidence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
@@ -76,34 +74,11 @@ def keep_largest_of_label(seg: np.ndarray, label: int | list[int] | tuple[int, .
     return out
 
 
-def remove_small_components(seg: np.ndarray, label: int, min_voxels: float) -> np.ndarray:
-    """Zero the 26-connected components of ``label`` with fewer than ``min_voxels`` voxels."""
-    labelled, n = connected_components(seg == label)
-    out = seg.copy()
-    if n:
-        sizes = np.bincount(labelled.ravel(), minlength=n + 1)
-        small = np.flatnonzero(sizes < min_voxels)
-        out[np.isin(labelled, small[small > 0])] = 0
-    return out
-
-
-def apply_postprocessing(seg: np.ndarray, rules: PostprocessingRules, voxel_mm3: float | None = None) -> np.ndarray:
-    """Apply ``rules`` to a (Z, Y, X) label map; returns a new array of the same dtype.
-
-    ``voxel_mm3`` (the product of the map's spacing) is needed when the rules hold minimum volumes.
-    """
+def apply_postprocessing(seg: np.ndarray, rules: PostprocessingRules) -> np.ndarray:
+    """Apply ``rules`` to a (Z, Y, X) label map; returns a new array of the same dtype."""
     out = keep_largest_foreground(seg) if rules.keep_largest_foreground else seg.copy()
     for label in rules.keep_largest_for_labels:
         out = keep_largest_of_label(out, int(label))
     for region in rules.keep_largest_for_regions:
         out = keep_largest_of_label(out, [int(v) for v in region])
-    if rules.min_volume_mm3 and voxel_mm3 is None:
-        raise ValueError("postprocessing with minimum volumes needs the voxel volume (voxel_mm3)")
-    for label, mm3 in rules.min_volume_mm3.items():
-        out = remove_small_components(out, int(label), float(mm3) / float(voxel_mm3))
     return out
-
-
-def voxel_volume_mm3(spacing: list[float] | tuple[float, ...]) -> float:
-    """mm³ of one voxel of a map with ``spacing`` (mm per axis)."""
-    return float(np.prod([float(s) for s in spacing]))

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
-STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+from autoseg.evaluation.metrics import lesion_detection
+from autoseg.model.postprocessing import connected_components
+
 TUMOUR = 2
 
 
@@ -34,7 +35,7 @@ def smallest_training_lesion(raw: Path) -> float:
     sizes = []
     for f in sorted((raw / "labelsTr").glob("*.nii.gz")):
         seg, voxel_mm3 = read(f)
-        labelled, _ = ndimage.label(seg == TUMOUR, STRUCTURE)
+        labelled, _ = connected_components(seg == TUMOUR)
         sizes += list(np.bincount(labelled.ravel())[1:] * voxel_mm3)
     return float(min(sizes))
 
@@ -46,15 +47,12 @@ def dice(ref: np.ndarray, pred: np.ndarray) -> float:
 
 def lesion_counts(ref: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, int]:
     """(predicted lesions touching a reference one, predicted lesions, reference lesions found, reference lesions)."""
-    ref_l, n_ref = ndimage.label(ref, STRUCTURE)
-    pred_l, n_pred = ndimage.label(pred, STRUCTURE)
-    true_pred = len(np.unique(pred_l[ref & (pred_l > 0)]))
-    found = len(np.unique(ref_l[pred & (ref_l > 0)]))
-    return true_pred, n_pred, found, n_ref
+    d = lesion_detection(ref, pred)
+    return d["lesion_tp_pred"], d["lesion_n_pred"], d["lesion_detected"], d["lesion_n_ref"]
 
 
 def filtered(pred: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
-    labelled, n = ndimage.label(pred, STRUCTURE)
+    labelled, n = connected_components(pred)
     sizes = np.bincount(labelled.ravel(), minlength=n + 1) * voxel_mm3
     small = np.nonzero(sizes < min_mm3)[0]
     return pred & ~np.isin(labelled, small[small > 0])

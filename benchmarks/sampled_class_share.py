@@ -1,5 +1,5 @@
 """Each class's share of the voxels the training sampler shows the network, against its share of
-the stored (preprocessed) voxels, and the CE weight that would lift the rarest class to the most
+the stored (preprocessed) voxels (counted as the trainer's default class weights count them), and the CE weight that would lift the rarest class to the most
 frequent foreground class in each (issue 12: the two-stage model's stage 2 sees the tumour far more
 often than the whole-image model does, at the same class weights).
 
@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.trainers.class_weights import class_voxel_counts
 from autoseg.trainers.sampling import PatchSampler
 
 
 def class_shares(folder: Path, patch: list[int], roi: bool, batches: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     ids = sorted(p.name[: -len("_seg.npy")] for p in folder.glob("*_seg.npy"))
-    stored = np.zeros(num_classes)
-    for case in ids:
-        seg = np.load(folder / f"{case}_seg.npy")
-        stored += np.bincount(seg[seg >= 0].ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+    stored = class_voxel_counts(folder, ids, num_classes).astype(np.float64)  # as the trainer counts them
     sampler = PatchSampler(folder, ids, patch, 2, 0.5, seed=0, rare_class_bias=1.0, roi_jitter=roi)
     sampled = np.zeros(num_classes)
     for _ in range(batches):

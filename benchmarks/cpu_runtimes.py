@@ -239,7 +239,7 @@ def large_windows(args) -> tuple[list[int], int]:
     return shape, len(window_grid(shape, args.patch, 0.5)[1])
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
     p.add_argument("--spacing", type=float, nargs=3, default=[3.278, 1.416, 1.416], help="plan spacing z y x (mm)")
@@ -257,8 +257,25 @@ def main() -> int:
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("--fold", default="0")
     p.add_argument("--calibration-patches", type=int, default=16, help="int8: calibration patches (from another case)")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def print_table(rows: list[dict]) -> None:
+    """One row per runtime; the last column against torch fp32 (else the first runtime)."""
+    base = next((r for r in rows if r["name"] == "torch-fp32"), rows[0])
+    print(f"\nload average at end: {os.getloadavg()}\n")
+    print("| runtime | load s | forward s per window: median (min) | forward CPU s per window | small case s, no TTA | small case s, TTA | "
+          "Dice vs torch fp32 | 512 case s, no TTA (extrapolated) | 512 case s, TTA (extrapolated) | vs torch fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        label = r["name"] + (f" ({r['note']})" if r["note"] else "")
+        tta = f"{r['tta']:.1f}" if r["tta"] == r["tta"] else "-"
+        print(f"| {label} | {r['load']:.1f} | {r['fwd']:.3f} ({r['fwd_min']:.3f}) | {r['fwd_cpu']:.2f} | {r['case']:.1f} | {tta} | "
+              f"{r['dice']:.4f} | {r['large']:.0f} | {r['large_tta']:.0f} | {r['large_tta'] / base['large_tta']:.2f} |")
+
+
+def main() -> int:
+    args = parse_args()
     print(f"CPU: {cpu_line()}\n{versions()}\nload average at start: {os.getloadavg()}")
     if args.model:
         net, patch, args.spacing, data, calib_volume, k = trained_setup(args)
@@ -302,16 +319,7 @@ def main() -> int:
             t = time_case(runner, large, patch, amp, mirror=False)[0]
             print(f"  {name}: whole 512 case {large_shape}, no TTA: {t:.0f} s measured vs {r['large']:.0f} s extrapolated",
                   flush=True)
-    base = next((r for r in rows if r["name"] == "torch-fp32"), rows[0])
-    print(f"\nload average at end: {os.getloadavg()}\n")
-    print("| runtime | load s | forward s per window: median (min) | forward CPU s per window | small case s, no TTA | small case s, TTA | "
-          "Dice vs torch fp32 | 512 case s, no TTA (extrapolated) | 512 case s, TTA (extrapolated) | vs torch fp32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        label = r["name"] + (f" ({r['note']})" if r["note"] else "")
-        tta = f"{r['tta']:.1f}" if r["tta"] == r["tta"] else "-"
-        print(f"| {label} | {r['load']:.1f} | {r['fwd']:.3f} ({r['fwd_min']:.3f}) | {r['fwd_cpu']:.2f} | {r['case']:.1f} | {tta} | "
-              f"{r['dice']:.4f} | {r['large']:.0f} | {r['large_tta']:.0f} | {r['large_tta'] / base['large_tta']:.2f} |")
+    print_table(rows)
     return 0
 
 

@@ -142,18 +142,12 @@ def _resampled_shape(shape, spacing, target) -> list[int]:
     return [int(round(n * sp / t)) for n, sp, t in zip(shape, spacing, target)]
 
 
-def check_prediction(s: Setup, a: argparse.Namespace) -> list[Row]:
-    from autoseg.datasets.synthetic import make_case
-    from autoseg.inference.inputs import InputCase
-    from autoseg.model.trained import TrainedModel
-    from autoseg.inference.predictor import PredictOptions, predict_cases
+def _sliding_window_row(s: Setup, amp: str) -> Row:
+    """(a) the sliding window alone on the resampled volume: windows per second and peak memory."""
     from autoseg.inference.sliding_window import SlidingWindowSettings, predict_sliding_window, window_grid
-    from autoseg.io.images import write_image
     from autoseg.networks.builder import build_network
 
-    cfg, dev, rows = s.cfg, s.device, []
-    amp = "off" if s.smoke else "auto"
-    # (a) the sliding window alone on the resampled volume
+    cfg, dev = s.cfg, s.device
     torch.manual_seed(0)
     net = build_network("unet", cfg.topology, 1, len(LABELS), deep_supervision=False).to(dev).eval()
     shape = _resampled_shape(s.case_shape, CASE_SPACING_ZYX, cfg.spacing_mm)
@@ -168,10 +162,21 @@ def check_prediction(s: Setup, a: argparse.Namespace) -> list[Row]:
     t_sw = time.perf_counter() - t0
     n_windows = len(window_grid(shape, cfg.patch_size, 0.5)[1])
     ok = bool(torch.isfinite(probs).all()) and probs.shape[1:] == tuple(shape)
-    rows.append(Row("predict: sliding window only",
-                    f"{shape} -> {n_windows} windows x 8 passes in {t_sw:.1f} s ({n_windows * 8 / t_sw:.0f} forwards/s), "
-                    f"peak {_peak_gb(dev):.2f} GB", "", "ok" if ok else "FAIL"))
-    del probs, data, net
+    return Row("predict: sliding window only",
+               f"{shape} -> {n_windows} windows x 8 passes in {t_sw:.1f} s ({n_windows * 8 / t_sw:.0f} forwards/s), "
+               f"peak {_peak_gb(dev):.2f} GB", "", "ok" if ok else "FAIL")
+
+
+def check_prediction(s: Setup, a: argparse.Namespace) -> list[Row]:
+    from autoseg.datasets.synthetic import make_case
+    from autoseg.inference.inputs import InputCase
+    from autoseg.model.trained import TrainedModel
+    from autoseg.inference.predictor import PredictOptions, predict_cases
+    from autoseg.io.images import write_image
+
+    cfg, dev = s.cfg, s.device
+    amp = "off" if s.smoke else "auto"
+    rows = [_sliding_window_row(s, amp)]
     # (b) the case from its file to the written mask, in this process; (c) the command in a fresh process
     with tempfile.TemporaryDirectory(prefix="autoseg_gpu_check_") as tmp:
         root = Path(tmp)
